@@ -399,7 +399,6 @@ int kfg_gateway_apply(struct kfg_gateway *gw, struct kfg_config *cfg, struct kfg
         free(fresh);
         free(res);
         kfg_plugin_set_release(&set);
-        kfg_metric_add(gw->m_reloads_failed, 1);
         return -1;
     }
 
@@ -465,6 +464,9 @@ int kfg_gateway_reload(struct kfg_gateway *gw, struct kfg_buf *errs)
         kfg_log(KFG_LOG_WARN, NULL, NULL,
                 "reload: listen addresses and workers take effect at the next restart");
     if (kfg_gateway_apply(gw, cfg, errs) < 0) {
+        /* Counted here, not in apply: apply also fails before its rollback
+         * (unknown plugin type, bad instance keys). */
+        kfg_metric_add(gw->m_reloads_failed, 1);
         kfg_config_free(cfg);
         kfg_log(KFG_LOG_ERROR, NULL, NULL, "reload refused, nothing changed: %s",
                 kfg_buf_cstr(errs));

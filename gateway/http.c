@@ -442,6 +442,10 @@ static void append_head(struct conn *c, int status, const char *extra,
                         size_t body_len)
 {
     struct kfg_buf *o = &c->out;
+    /* Draining: tell the client this is the last answer, so it does not
+     * send another request into a connection about to close. */
+    if (atomic_load(&c->w->srv->draining))
+        c->keep_alive = 0;
     kfg_buf_printf(o, "HTTP/1.1 %d %s\r\nServer: kfgate\r\nDate: %s\r\n"
                    "Content-Length: %zu\r\n", status, kfg_http_reason(status),
                    worker_date(c->w), body_len);
@@ -451,6 +455,16 @@ static void append_head(struct conn *c, int status, const char *extra,
         kfg_buf_puts(o, "Connection: keep-alive\r\n");
     if (extra)
         kfg_buf_puts(o, extra);
+}
+
+/* The body of one of the gateway's own answers. A response to HEAD has no
+ * content (RFC 9110 9.3.2): sending one would be read as the start of the
+ * next response. req.h is only trusted once the head was parsed. */
+static void append_body(struct conn *c, const char *body, size_t n)
+{
+    if (c->head_len && c->req.h.method == KFG_HTTP_HEAD)
+        return;
+    kfg_buf_append(&c->out, body, n);
 }
 
 /* The gateway's own error answers: a short text body, logged with the
@@ -471,7 +485,7 @@ static void conn_error(struct conn *c, int status, const char *why, int close_it
     const char *extra = status == 503 ? "Content-Type: text/plain\r\nRetry-After: 1\r\n\r\n"
                                       : "Content-Type: text/plain\r\n\r\n";
     append_head(c, status, extra, (size_t)n);
-    kfg_buf_append(&c->out, body, (size_t)n);
+    append_body(c, body, (size_t)n);
     if (close_it) {
         c->close_after = 1;
         c->state = C_CLOSING;
@@ -646,12 +660,14 @@ static void respond_405(struct conn *c, const struct kfg_routes *r)
             kfg_buf_puts(&allow, rt->method);
         }
     }
+    if (strstr(kfg_buf_cstr(&allow), "GET") && !strstr(kfg_buf_cstr(&allow), "HEAD"))
+        kfg_buf_puts(&allow, ", HEAD");     /* served by the GET route */
     struct kfg_buf extra = { 0 };
     kfg_buf_printf(&extra, "Allow: %s\r\nContent-Type: text/plain\r\n\r\n",
                    kfg_buf_cstr(&allow));
     static const char body[] = "405 Method Not Allowed\n";
     append_head(c, 405, kfg_buf_cstr(&extra), sizeof(body) - 1);
-    kfg_buf_append(&c->out, body, sizeof(body) - 1);
+    append_body(c, body, sizeof(body) - 1);
     kfg_buf_free(&allow);
     kfg_buf_free(&extra);
 }
@@ -773,6 +789,12 @@ static void conn_process(struct conn *c)
         int path_matched;
         const struct route *rt = route_find(snap->routes, c->req.h.method_name,
                                             c->req.h.path, &path_matched);
+        if (!rt && c->req.h.method == KFG_HTTP_HEAD) {
+            /* A server MUST support HEAD wherever it supports GET (RFC 9110
+             * 9.1): the GET handler answers, req_respond drops the body. */
+            static const struct kfg_http_slice get = { "GET", 3 };
+            rt = route_find(snap->routes, get, c->req.h.path, &path_matched);
+        }
         size_t next_off = c->req_off + consumed;
         if (!rt) {
             if (path_matched) {
@@ -780,7 +802,7 @@ static void conn_process(struct conn *c)
             } else {
                 static const char body[] = "404 Not Found\n";
                 append_head(c, 404, "Content-Type: text/plain\r\n\r\n", sizeof(body) - 1);
-                kfg_buf_append(&c->out, body, sizeof(body) - 1);
+                append_body(c, body, sizeof(body) - 1);
             }
             c->req_off = next_off;
         } else {
@@ -856,11 +878,20 @@ int kfg_req_respond(struct kfg_request *req, int status,
     if (c->state != C_HANDLER || status < 200 || status > 999 || (!body && len))
         return KFG_EINVAL;
     int sync = c->in_handler;
+    if (atomic_load(&c->w->srv->draining))
+        c->keep_alive = 0;      /* the last answer on this connection */
     if (c->fd >= 0) {
         struct kfg_buf *o = &c->out;
         kfg_buf_printf(o, "HTTP/1.1 %d %s\r\nServer: kfgate\r\nDate: %s\r\n",
                        status, kfg_http_reason(status), worker_date(c->w));
-        if (req->h.method != KFG_HTTP_HEAD || len)
+        /* 204 and 304 end at their head (RFC 9112 6.3): a body would be
+         * read as the next response. 204 has no Content-Length (RFC 9110
+         * 8.6); a 304's would describe the selected representation, which
+         * the host does not know, so none is sent either. */
+        int no_content = status == 204 || status == 304;
+        if (no_content)
+            len = 0;
+        else if (req->h.method != KFG_HTTP_HEAD || len)
             kfg_buf_printf(o, "Content-Length: %zu\r\n", len);
         if (!c->keep_alive)
             kfg_buf_puts(o, "Connection: close\r\n");
