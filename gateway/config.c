@@ -13,7 +13,7 @@
 /* ------------------------------------------------------------------------ */
 /* Schema of the gateway's own sections. */
 
-enum key_type { K_STR, K_U32, K_SIZE, K_LEVEL, K_FORMAT };
+enum key_type { K_STR, K_U32, K_SIZE, K_LEVEL, K_FORMAT, K_FSYNC };
 
 struct key_spec {
     const char *name;
@@ -67,6 +67,35 @@ static const struct key_spec client_keys[] = {
     { NULL, 0, 0, 0, 0 },
 };
 
+static const struct key_spec journal_keys[] = {
+    { "dir", K_STR, OFF(journal.dir), 0, 0 },
+    { "segment_bytes", K_SIZE, OFF(journal.segment_bytes), 4096, (int64_t)1 << 40 },
+    { "fsync", K_FSYNC, OFF(journal.fsync), 0, 0 },
+    { "fsync_interval_ms", K_U32, OFF(journal.fsync_interval_ms), 1, 60000 },
+    { "max_bytes", K_SIZE, OFF(journal.max_bytes), 0, INT64_MAX },
+    { "max_age_s", K_U32, OFF(journal.max_age_s), 0, UINT32_MAX },
+    { "dedupe_window_s", K_U32, OFF(journal.dedupe_window_s), 0, 31 * 86400 },
+    { "max_pending", K_U32, OFF(journal.max_pending), 1, 10000000 },
+    { NULL, 0, 0, 0, 0 },
+};
+
+static const struct key_spec bus_keys[] = {
+    { "feed", K_STR, OFF(bus.feed), 0, 0 },
+    { "replay", K_STR, OFF(bus.replay), 0, 0 },
+    { "outbound", K_STR, OFF(bus.outbound), 0, 0 },
+    { "ipc_mode", K_U32, OFF(bus.ipc_mode), 0, 0777 },
+    { "batch_max", K_U32, OFF(bus.batch_max), 1, 4096 },
+    { "batch_bytes", K_SIZE, OFF(bus.batch_bytes), 1024, 16 << 20 },
+    { "heartbeat_ms", K_U32, OFF(bus.heartbeat_ms), 10, 3600000 },
+    { "replay_max", K_U32, OFF(bus.replay_max), 1, 65536 },
+    { "replay_contexts", K_U32, OFF(bus.replay_contexts), 1, 256 },
+    { "outbound_contexts", K_U32, OFF(bus.outbound_contexts), 1, 256 },
+    { "retry_max", K_U32, OFF(bus.retry_max), 1, 1000 },
+    { "retry_base_ms", K_U32, OFF(bus.retry_base_ms), 1, 3600000 },
+    { "retry_cap_ms", K_U32, OFF(bus.retry_cap_ms), 1, 86400000 },
+    { NULL, 0, 0, 0, 0 },
+};
+
 struct section_spec {
     const char *name;
     const struct key_spec *keys;
@@ -75,11 +104,13 @@ struct section_spec {
 static const struct section_spec sections[] = {
     { "gateway", gateway_keys }, { "http", http_keys }, { "admin", admin_keys },
     { "log", log_keys }, { "sink", sink_keys }, { "client", client_keys },
+    { "journal", journal_keys }, { "bus", bus_keys },
     { NULL, NULL },
 };
 
 static const char *const top_level[] = {
-    "gateway", "http", "admin", "log", "sink", "client", "adapter", "filter", NULL,
+    "gateway", "http", "admin", "log", "sink", "client", "journal", "bus", "adapter",
+    "filter", NULL,
 };
 
 static const char *const host_instance_keys[] = {
@@ -226,6 +257,22 @@ static void apply_section(struct kfg_config *c, const struct section_spec *sec,
                 err_at(errs, c->path, v->pos, "%skey '%s' must be one of %s", where,
                        e->key, k->type == K_LEVEL ? "\"error\", \"warn\", \"info\", \"debug\""
                                                   : "\"logfmt\", \"json\"");
+                break;
+            }
+            *(int *)field = r;
+            break;
+        }
+        case K_FSYNC: {
+            static const char *const policies[] = { "always", "interval", "never" };
+            int r = -1;
+            if (kfg_toml_get_string(v, &sv, NULL))
+                for (int pi = 0; pi < 3; pi++)
+                    if (strcmp(sv, policies[pi]) == 0)
+                        r = pi;
+            if (r < 0) {
+                err_at(errs, c->path, v->pos,
+                       "%skey '%s' must be one of \"always\", \"interval\", \"never\"",
+                       where, e->key);
                 break;
             }
             *(int *)field = r;
@@ -388,6 +435,27 @@ int kfg_config_load(const char *path, struct kfg_config **out, struct kfg_buf *e
     c->client_timeout_ms = 10000;
     c->client_connect_timeout_ms = 3000;
     c->client_max_response_bytes = 4u << 20;
+    c->journal.dir = "var/journal";
+    c->journal.segment_bytes = 64u << 20;
+    c->journal.fsync = KFG_FSYNC_CFG_INTERVAL;
+    c->journal.fsync_interval_ms = 10;
+    c->journal.max_bytes = (size_t)10 << 30;
+    c->journal.max_age_s = 7 * 86400;
+    c->journal.dedupe_window_s = 86400;
+    c->journal.max_pending = 65536;
+    c->bus.feed = "ipc:///tmp/kfgate/feed.ipc";
+    c->bus.replay = "ipc:///tmp/kfgate/replay.ipc";
+    c->bus.outbound = "ipc:///tmp/kfgate/outbound.ipc";
+    c->bus.ipc_mode = 0600;
+    c->bus.batch_max = 32;
+    c->bus.batch_bytes = 64u << 10;
+    c->bus.heartbeat_ms = 1000;
+    c->bus.replay_max = 256;
+    c->bus.replay_contexts = 8;
+    c->bus.outbound_contexts = 16;
+    c->bus.retry_max = 8;
+    c->bus.retry_base_ms = 500;
+    c->bus.retry_cap_ms = 60000;
 
     size_t before = errs->len;
     for (size_t i = 0; i < kfg_toml_table_len(c->root); i++) {

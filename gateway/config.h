@@ -24,6 +24,29 @@ struct kfg_instance_cfg {
     struct kfg_toml_pos pos;
 };
 
+enum { KFG_FSYNC_CFG_ALWAYS = 0, KFG_FSYNC_CFG_INTERVAL = 1, KFG_FSYNC_CFG_NEVER = 2 };
+
+struct kfg_journal_config {
+    const char *dir;
+    size_t segment_bytes;
+    int fsync;                         /* KFG_FSYNC_CFG_* */
+    uint32_t fsync_interval_ms;
+    size_t max_bytes;                  /* retention; 0 = no limit */
+    uint32_t max_age_s;                /* retention; 0 = no limit */
+    uint32_t dedupe_window_s;
+    uint32_t max_pending;
+};
+
+struct kfg_bus_config {
+    const char *feed, *replay, *outbound;   /* NNG listen URLs */
+    uint32_t ipc_mode;
+    uint32_t batch_max;
+    size_t batch_bytes;
+    uint32_t heartbeat_ms;
+    uint32_t replay_max, replay_contexts, outbound_contexts;
+    uint32_t retry_max, retry_base_ms, retry_cap_ms;
+};
+
 struct kfg_config {
     char *path;
     struct kfg_toml_value *root;       /* owns every string below */
@@ -43,6 +66,9 @@ struct kfg_config {
 
     uint32_t client_timeout_ms, client_connect_timeout_ms;
     size_t client_max_response_bytes;
+
+    struct kfg_journal_config journal;
+    struct kfg_bus_config bus;
 
     struct kfg_instance_cfg *instances;   /* adapters, then filters, in order */
     size_t ninstances;
