@@ -1,21 +1,71 @@
 #include "msg.h"
 
+#include "envelope.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
 static const char *const reserved_keys[] = {
-    "v", "id", "seq", "tenant", "channel", "instance", "ts_accepted",
-    "type", "parts", NULL,
+    "v", "id", "seq", "tenant", "channel", "instance", "type", "parts",
+    "ts.accepted", NULL,
 };
+
+/* 1 when a and b name the same path or one is a map holding the other:
+ * "a.b" vs "a", "a" vs "a.b.c"; never "ab" vs "a". */
+static int path_overlaps(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return (!*a && (!*b || *b == '.')) || (!*b && *a == '.');
+}
 
 int kfg_msg_reserved(const char *key)
 {
+    if (!key)
+        return 1;
     for (const char *const *k = reserved_keys; *k; k++)
-        if (strcmp(*k, key) == 0)
+        if (path_overlaps(*k, key))
             return 1;
     return 0;
+}
+
+int kfg_msg_key_valid(const char *key)
+{
+    if (!key || !*key)
+        return 0;
+    size_t n = 0, segs = 1;
+    char prev = '.';
+    for (const char *p = key; *p; p++, n++) {
+        if (*p == '.') {
+            if (prev == '.')
+                return 0;
+            segs++;
+        }
+        prev = *p;
+    }
+    return prev != '.' && n <= KFG_MSG_KEY_MAX && segs <= KFG_MSG_KEY_DEPTH;
+}
+
+static const char *const aliases[][2] = {
+    { "conversation", "conversation.id" },
+    { "sender", "sender.id" },
+    { "recipient", "recipient.id" },
+    { "idempotency_key", "idem" },
+    { "direction", "dir" },
+};
+
+const char *kfg_msg_canon_key(const char *key)
+{
+    if (!key)
+        return NULL;
+    for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
+        if (strcmp(key, aliases[i][0]) == 0)
+            return aliases[i][1];
+    return key;
 }
 
 struct kfg_msg *kfg_msg_new(const char *type, const char *tenant,
@@ -60,28 +110,42 @@ void kfg_msg_free(struct kfg_msg *m)
     free(m);
 }
 
-/* Sets key in a field list, replacing an existing value. */
+/* Sets v->key in a field list, replacing an existing value of the same key
+ * in place (so the order of first set is kept). A key that would be both a
+ * value and a map next to an existing one is KFG_EINVAL. */
 static int field_set(struct kfg_field **fs, size_t *n, size_t *cap,
-                     const char *key, const char *val, size_t len, int64_t ival)
+                     const struct kfg_field *v)
 {
-    if (!key || !*key)
+    if (!kfg_msg_key_valid(v->key))
         return KFG_EINVAL;
+    size_t at = *n;
+    for (size_t i = 0; i < *n; i++) {
+        if (strcmp((*fs)[i].key, v->key) == 0) {
+            at = i;
+            break;
+        }
+        if (path_overlaps((*fs)[i].key, v->key))
+            return KFG_EINVAL;
+    }
     char *copy = NULL;
-    if (val) {
-        copy = malloc(len + 1);
+    if (v->type == KFG_F_STR || v->type == KFG_F_RAW) {
+        if (!v->val && v->len)
+            return KFG_EINVAL;
+        copy = malloc(v->len + 1);
         if (!copy)
             return KFG_ENOMEM;
-        memcpy(copy, val, len);
-        copy[len] = '\0';
+        if (v->len)
+            memcpy(copy, v->val, v->len);
+        copy[v->len] = '\0';
     }
-    for (size_t i = 0; i < *n; i++) {
-        if (strcmp((*fs)[i].key, key) == 0) {
-            free((*fs)[i].val);
-            (*fs)[i].val = copy;
-            (*fs)[i].len = len;
-            (*fs)[i].ival = ival;
-            return KFG_OK;
-        }
+    if (at < *n) {
+        struct kfg_field *f = &(*fs)[at];
+        free(f->val);
+        char *k = f->key;
+        *f = *v;
+        f->key = k;
+        f->val = copy;
+        return KFG_OK;
     }
     if (*n == *cap) {
         size_t nc = *cap ? *cap * 2 : 8;
@@ -93,37 +157,109 @@ static int field_set(struct kfg_field **fs, size_t *n, size_t *cap,
         *fs = nf;
         *cap = nc;
     }
-    char *k = strdup(key);
+    char *k = strdup(v->key);
     if (!k) {
         free(copy);
         return KFG_ENOMEM;
     }
-    (*fs)[*n] = (struct kfg_field){ .key = k, .val = copy, .len = len, .ival = ival };
+    (*fs)[*n] = *v;
+    (*fs)[*n].key = k;
+    (*fs)[*n].val = copy;
     (*n)++;
     return KFG_OK;
+}
+
+static const struct kfg_field *field_find(const struct kfg_field *fs, size_t n,
+                                          const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(fs[i].key, key) == 0)
+            return &fs[i];
+    return NULL;
 }
 
 static struct kfg_str field_get(const struct kfg_field *fs, size_t n,
                                 const char *key)
 {
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(fs[i].key, key) == 0 && fs[i].val)
-            return (struct kfg_str){ fs[i].val, fs[i].len };
+    const struct kfg_field *f = field_find(fs, n, key);
+    if (f && f->type == KFG_F_STR)
+        return (struct kfg_str){ f->val, f->len };
     return (struct kfg_str){ NULL, 0 };
+}
+
+/* The plugin-facing setters: aliases apply, reserved keys are refused. */
+static int top_set(struct kfg_msg *m, const char *key, struct kfg_field v)
+{
+    if (!m || !key)
+        return KFG_EINVAL;
+    key = kfg_msg_canon_key(key);
+    if (kfg_msg_reserved(key))
+        return KFG_EINVAL;
+    v.key = (char *)key;
+    return field_set(&m->fields, &m->nfields, &m->cap, &v);
 }
 
 int kfg_msg_set(struct kfg_msg *m, const char *key, const char *val, size_t len)
 {
-    if (!m || !key || kfg_msg_reserved(key) || (!val && len))
+    if (!val && len)
         return KFG_EINVAL;
-    return field_set(&m->fields, &m->nfields, &m->cap, key, val ? val : "", len, 0);
+    return top_set(m, key, (struct kfg_field){ .type = KFG_F_STR,
+                                              .val = (char *)(val ? val : ""), .len = len });
 }
 
 int kfg_msg_set_int(struct kfg_msg *m, const char *key, int64_t val)
 {
-    if (!m || !key || kfg_msg_reserved(key))
+    return top_set(m, key, (struct kfg_field){ .type = KFG_F_INT, .ival = val });
+}
+
+int kfg_msg_set_uint(struct kfg_msg *m, const char *key, uint64_t val)
+{
+    return top_set(m, key, (struct kfg_field){ .type = KFG_F_UINT, .ival = (int64_t)val });
+}
+
+int kfg_msg_set_bool(struct kfg_msg *m, const char *key, int val)
+{
+    return top_set(m, key, (struct kfg_field){ .type = KFG_F_BOOL, .ival = val != 0 });
+}
+
+int kfg_msg_set_float(struct kfg_msg *m, const char *key, double val)
+{
+    return top_set(m, key, (struct kfg_field){ .type = KFG_F_FLOAT, .dval = val });
+}
+
+int kfg_msg_set_raw(struct kfg_msg *m, const char *key, const void *mp, size_t len)
+{
+    if (!mp || !len)
         return KFG_EINVAL;
-    return field_set(&m->fields, &m->nfields, &m->cap, key, NULL, 0, val);
+    return top_set(m, key, (struct kfg_field){ .type = KFG_F_RAW, .val = (char *)mp,
+                                              .len = len });
+}
+
+int kfg_msg_put(struct kfg_msg *m, long part, const struct kfg_field *f)
+{
+    if (!m || !f || !f->key)
+        return KFG_EINVAL;
+    if (part < 0)
+        return field_set(&m->fields, &m->nfields, &m->cap, f);
+    if ((size_t)part >= m->nparts || strcmp(f->key, "kind") == 0)
+        return KFG_EINVAL;
+    struct kfg_part *p = &m->parts[part];
+    return field_set(&p->fields, &p->nfields, &p->cap, f);
+}
+
+const struct kfg_field *kfg_msg_field(const struct kfg_msg *m, const char *key)
+{
+    if (!m || !key)
+        return NULL;
+    return field_find(m->fields, m->nfields, kfg_msg_canon_key(key));
+}
+
+const struct kfg_field *kfg_msg_part_field(const struct kfg_msg *m, size_t part,
+                                           const char *key)
+{
+    if (!m || part >= m->nparts || !key)
+        return NULL;
+    return field_find(m->parts[part].fields, m->parts[part].nfields, key);
 }
 
 struct kfg_str kfg_msg_get(const struct kfg_msg *m, const char *key)
@@ -132,13 +268,15 @@ struct kfg_str kfg_msg_get(const struct kfg_msg *m, const char *key)
         return (struct kfg_str){ NULL, 0 };
     if (strcmp(key, "type") == 0)
         return (struct kfg_str){ m->type, strlen(m->type) };
+    if (strcmp(key, "id") == 0 && m->id[0])
+        return (struct kfg_str){ m->id, strlen(m->id) };
     if (strcmp(key, "tenant") == 0 && m->tenant)
         return (struct kfg_str){ m->tenant, strlen(m->tenant) };
     if (strcmp(key, "channel") == 0 && m->channel)
         return (struct kfg_str){ m->channel, strlen(m->channel) };
     if (strcmp(key, "instance") == 0 && m->instance)
         return (struct kfg_str){ m->instance, strlen(m->instance) };
-    return field_get(m->fields, m->nfields, key);
+    return field_get(m->fields, m->nfields, kfg_msg_canon_key(key));
 }
 
 int kfg_msg_part_add(struct kfg_msg *m, const char *kind)
@@ -167,7 +305,9 @@ int kfg_msg_part_set(struct kfg_msg *m, size_t part, const char *key,
         (!val && len))
         return KFG_EINVAL;
     struct kfg_part *p = &m->parts[part];
-    return field_set(&p->fields, &p->nfields, &p->cap, key, val ? val : "", len, 0);
+    struct kfg_field v = { .key = (char *)key, .type = KFG_F_STR,
+                           .val = (char *)(val ? val : ""), .len = len };
+    return field_set(&p->fields, &p->nfields, &p->cap, &v);
 }
 
 size_t kfg_msg_part_count(const struct kfg_msg *m)
@@ -256,46 +396,10 @@ void kfg_msg_accept(struct kfg_msg *m, uint64_t seq)
     m->seq = seq;
 }
 
-static void fields_json(const struct kfg_field *fs, size_t n, struct kfg_buf *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        kfg_buf_putc(out, ',');
-        kfg_buf_json_str(out, fs[i].key, strlen(fs[i].key));
-        kfg_buf_putc(out, ':');
-        if (fs[i].val)
-            kfg_buf_json_str(out, fs[i].val, fs[i].len);
-        else
-            kfg_buf_printf(out, "%lld", (long long)fs[i].ival);
-    }
-}
-
-static void json_kv(struct kfg_buf *out, const char *k, const char *v)
-{
-    kfg_buf_printf(out, ",\"%s\":", k);
-    if (v)
-        kfg_buf_json_str(out, v, strlen(v));
-    else
-        kfg_buf_puts(out, "null");
-}
-
 void kfg_msg_to_json(const struct kfg_msg *m, struct kfg_buf *out)
 {
-    kfg_buf_printf(out, "{\"v\":1,\"seq\":%llu", (unsigned long long)m->seq);
-    json_kv(out, "id", m->id);
-    json_kv(out, "tenant", m->tenant);
-    json_kv(out, "channel", m->channel);
-    json_kv(out, "instance", m->instance);
-    json_kv(out, "type", m->type);
-    kfg_buf_printf(out, ",\"ts_accepted\":%lld", (long long)m->accepted_ms);
-    fields_json(m->fields, m->nfields, out);
-    kfg_buf_puts(out, ",\"parts\":[");
-    for (size_t i = 0; i < m->nparts; i++) {
-        if (i)
-            kfg_buf_putc(out, ',');
-        kfg_buf_puts(out, "{\"kind\":");
-        kfg_buf_json_str(out, m->parts[i].kind, strlen(m->parts[i].kind));
-        fields_json(m->parts[i].fields, m->parts[i].nfields, out);
-        kfg_buf_putc(out, '}');
-    }
-    kfg_buf_puts(out, "]}");
+    struct kfg_buf mp = { 0 };
+    if (kfg_env_encode(m, &mp) != 0 || mp.oom || kfg_env_to_json(mp.p, mp.len, out) != 0)
+        out->oom = 1;
+    kfg_buf_free(&mp);
 }

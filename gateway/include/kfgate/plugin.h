@@ -278,9 +278,24 @@ struct kfg_host {
     int (*http_call)(struct kfg_instance *ins, const struct kfg_http_call *call,
                      kfg_http_done done, void *arg);
 
-    /* Messages. A message carries string fields by name (see spec/envelope.md
-     * for the names; unknown names are kept) and ordered content parts, each
-     * a kind ("text", "image", ...) with its own string fields. */
+    /* Messages. A message carries fields by name (see spec/envelope.md for
+     * the names; <kfgate/envelope.h> has them as constants, with builders;
+     * unknown names are kept) and ordered content parts, each a kind
+     * ("text", "image", ...) with its own fields.
+     *
+     * Keys are dotted paths: msg_set(m, "sender.id", ...) is the key "id" of
+     * the map "sender" on the bus ({"sender": {"id": ...}}); part fields
+     * follow the same rule ("value.scene"). A key is 1..16 non-empty
+     * segments, at most 256 bytes; a key cannot be both a value and a map
+     * (after "a.b" is set, setting "a" or "a.b.c" is KFG_EINVAL). Setting an
+     * existing key replaces its value in place. The host's keys (v, id, seq,
+     * tenant, channel, instance, type, parts, ts.accepted) cannot be set.
+     * Aliases kept for older adapters: "conversation", "sender" and
+     * "recipient" mean "<name>.id", "idempotency_key" means "idem".
+     * Values are strings (msg_set, msg_part_set) or int64 (msg_set_int);
+     * fields the spec types as numbers or booleans (part "size", "lat", ...)
+     * are given as decimal text and encoded with the spec's type.
+     * msg_get returns only string values (ptr NULL for the others). */
     struct kfg_msg *(*msg_new)(struct kfg_instance *ins, const char *type);
     void (*msg_free)(struct kfg_msg *m);
     int (*msg_set)(struct kfg_msg *m, const char *key, const char *val,
