@@ -16,7 +16,7 @@ CFLAGS_BASE := -std=gnu11 -g $(WARN) -Igateway -Igateway/include -pthread \
                -D_GNU_SOURCE -DKFG_VERSION=\"$(VERSION)\"
 CFLAGS  ?= -O2
 SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-LIBS    := -levent -lcurl -ldl -lpthread
+LIBS    := -levent -lcurl -ldl -lpthread -lnng -lmsgpackc -ljansson
 
 # Every gateway/*.c is part of the core except tests, fuzzers, benches and main.
 CORE_SRC  := $(filter-out %_test.c %_fuzz.c %_bench.c gateway/main.c,$(wildcard gateway/*.c))
@@ -27,12 +27,13 @@ TEST_BIN  := $(TEST_SRC:gateway/%.c=$(BUILD)/test/%)
 FUZZ_SRC  := $(wildcard gateway/*_fuzz.c)
 FUZZ_BIN  := $(FUZZ_SRC:gateway/%.c=$(BUILD)/fuzz/%)
 FUZZ_SECONDS ?= 60
-TOOLS     := $(BUILD)/kfgate-toml
+TOOLS     := $(BUILD)/kfgate-toml $(BUILD)/kfgate-tail $(BUILD)/kfgate-send $(BUILD)/kfgate-echo
 PLUGIN_DIRS := $(patsubst %/Makefile,%,$(wildcard adapters/*/Makefile plugins/*/Makefile))
 
 DEPS_PKGS := gcc make clang libclang-rt-14-dev pkg-config libevent-dev \
              libcurl4-openssl-dev libssl-dev libxml2-dev libmsgpack-dev libnng-dev \
-             libcmocka-dev python3 python3-pytest curl
+             libcmocka-dev libjansson-dev python3 python3-pytest python3-msgpack \
+             nng-utils curl
 BENCH_PKGS := wrk nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -72,6 +73,10 @@ $(BUILD)/kfgate: $(BUILD)/obj/main.o $(BUILD)/libkfgate.a
 
 $(BUILD)/kfgate-toml: gateway/tools/kfgate_toml.c $(BUILD)/libkfgate.a
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) $^ $(LIBS) -o $@
+
+# Bus clients (kfgate/bus.h): tail the feed, send outbound, an echo core.
+$(BUILD)/kfgate-tail $(BUILD)/kfgate-send $(BUILD)/kfgate-echo: $(BUILD)/kfgate-%: gateway/tools/kfgate_%.c $(BUILD)/libkfgate.a
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $^ $(LIBS) -lnng -lmsgpackc -ljansson -o $@
 
 $(BUILD)/test/%: gateway/%.c $(BUILD)/libkfgate-asan.a | $(BUILD)/test
 	$(CC) $(CFLAGS_BASE) -O1 $(SAN) $^ $(LIBS) -lcmocka -o $@
@@ -123,8 +128,12 @@ fuzz: $(FUZZ_BIN)
 	    mkdir -p $(BUILD)/corpus/$$n; \
 	    $$f -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/$$n gateway/fuzz-corpus/$$n; done
 
+# The gateway in the foreground and kfgate-echo (the example core) beside
+# it, so a message POSTed to the example route comes back as "echo: ...".
 run: deps
 	@$(MAKE) --no-print-directory all
+	@$(BUILD)/kfgate-echo & echo_pid=$$!; \
+	trap 'kill $$echo_pid 2>/dev/null' EXIT INT TERM; \
 	$(BUILD)/kfgate -c config.example.toml
 
 bench: bench-deps

@@ -196,7 +196,7 @@ def test_admin_deliver(gw):
     assert json.loads(r.body)["result"] == "delivered"
     r = gw.admin("POST", "/admin/deliver?instance=echo0&conversation=c1", b"x")
     assert r.status == 502 and json.loads(r.body)["result"] == "failed"
-    r = gw.admin("POST", "/admin/deliver?instance=nobody", b"x")
+    r = gw.admin("POST", "/admin/deliver?instance=nobody&conversation=c1", b"x")
     assert r.status == 404
     m = gw.metrics()
     assert metric_value(m, "kfgate_deliveries_total", instance="ex0", outcome="ok") >= 1

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "busd.h"
+#include "envelope.h"
 #include "gateway.h"
 #include "http.h"
 #include "log.h"
@@ -190,41 +192,62 @@ static void a_reload(void *ctx, struct kfg_request *req)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Test deliveries */
+/* Test deliveries: POST /admin/deliver?instance=NAME&conversation=ID with
+ * the text as body goes through the bus's outbound path (journal, receipts)
+ * with one attempt, and is answered with its outcome. */
 
-struct kfg_delivery {
-    struct kfg_instance *ins;
-    struct kfg_msg *msg;
+struct admin_delivery {
     struct kfg_request *req;
-    int finished;
+    int answered;
 };
 
-void kfg_delivery_finish(struct kfg_delivery *d, int result, const char *code,
-                         const char *detail);
-
-void kfg_delivery_finish(struct kfg_delivery *d, int result, const char *code,
-                         const char *detail)
+/* code/detail are the channel's for a delivery, the bus's error/reason for
+ * a rejection. */
+static void deliver_answer(struct admin_delivery *ad, int status, const char *result,
+                           const char *id, uint64_t seq, const char *code,
+                           const char *detail)
 {
-    if (!d || d->finished)
-        return;
-    d->finished = 1;
-    kfg_metric_add(result == KFG_OK ? d->ins->m_delivered : d->ins->m_delivery_failed, 1);
+    int rejected = !strcmp(result, "rejected");
     struct kfg_buf b = { 0 };
-    kfg_buf_printf(&b, "{\"result\":\"%s\"", result == KFG_OK ? "delivered"
-                   : result == KFG_RETRY ? "retry" : "failed");
-    if (code) {
-        kfg_buf_puts(&b, ",\"channel_code\":");
+    kfg_buf_printf(&b, "{\"result\":\"%s\"", result);
+    if (id && *id) {
+        kfg_buf_puts(&b, ",\"id\":");
+        kfg_buf_json_str(&b, id, strlen(id));
+        kfg_buf_printf(&b, ",\"seq\":%llu", (unsigned long long)seq);
+    }
+    if (code && *code) {
+        kfg_buf_puts(&b, rejected ? ",\"error\":" : ",\"channel_code\":");
         kfg_buf_json_str(&b, code, strlen(code));
     }
-    if (detail) {
-        kfg_buf_puts(&b, ",\"detail\":");
+    if (detail && *detail) {
+        kfg_buf_puts(&b, rejected ? ",\"reason\":" : ",\"detail\":");
         kfg_buf_json_str(&b, detail, strlen(detail));
     }
     kfg_buf_puts(&b, "}\n");
-    reply_buf(d->req, result == KFG_OK ? 200 : 502, json_ct, &b);
-    kfg_msg_free(d->msg);
-    kfg_instance_unref(d->ins);
-    free(d);
+    reply_buf(ad->req, status, json_ct, &b);
+    ad->answered = 1;
+}
+
+static void deliver_accepted(void *arg, int result, const char *id, uint64_t seq,
+                             int duplicate, const char *error, const char *reason)
+{
+    struct admin_delivery *ad = arg;
+    (void)duplicate;
+    if (result == KFG_OK)
+        return;     /* the outcome follows in deliver_final */
+    int status = error && !strcmp(error, "unknown_instance") ? 404
+                 : error && !strcmp(error, "invalid") ? 400 : 503;
+    deliver_answer(ad, status, "rejected", id, seq, error, reason);
+    free(ad);
+}
+
+static void deliver_final(void *arg, const char *id, uint64_t seq, const char *status,
+                          const char *code, const char *detail)
+{
+    struct admin_delivery *ad = arg;
+    int ok = !strcmp(status, KFG_ENV_STATUS_SENT);
+    deliver_answer(ad, ok ? 200 : 502, ok ? "delivered" : "failed", id, seq, code, detail);
+    free(ad);
 }
 
 static struct kfg_str query_param(struct kfg_str q, const char *name)
@@ -245,41 +268,38 @@ static void a_deliver(void *ctx, struct kfg_request *req)
 {
     (void)ctx;
     struct kfg_str name = query_param(kfg_req_query(req), "instance");
-    struct kfg_instance *ins = NULL;
-    for (struct kfg_instance *i = kfg_gw->live; i && name.ptr; i = i->next)
-        if (strlen(i->name) == name.len && memcmp(i->name, name.ptr, name.len) == 0)
-            ins = i;
-    if (!ins || ins->kind != KFG_KIND_ADAPTER || ins->state != KFG_INS_RUNNING) {
-        static const char e[] = "{\"error\":\"no running adapter instance of that name "
-                                "(?instance=NAME)\"}\n";
-        kfg_req_respond(req, 404, json_ct, 1, e, sizeof(e) - 1);
-        return;
-    }
-    struct kfg_delivery *d = calloc(1, sizeof(*d));
-    struct kfg_msg *m = kfg_msg_new("message", ins->tenant, ins->plugin->name, ins->name);
-    if (!d || !m) {
-        free(d);
+    struct kfg_str conv = query_param(kfg_req_query(req), "conversation");
+    struct kfg_str body = kfg_req_body(req);
+    struct kfg_msg *m = kfg_msg_new(KFG_ENV_TYPE_MESSAGE, NULL, NULL, NULL);
+    struct admin_delivery *ad = calloc(1, sizeof(*ad));
+    struct kfg_buf env = { 0 };
+    if (!m || !ad) {
         kfg_msg_free(m);
+        free(ad);
         kfg_req_respond(req, 500, text_ct, 1, "out of memory\n", 14);
         return;
     }
-    struct kfg_str conv = query_param(kfg_req_query(req), "conversation");
+    ad->req = req;
+    kfg_msg_set(m, KFG_ENV_DIR, KFG_ENV_DIR_OUT, 3);
+    char iname[72];
+    snprintf(iname, sizeof iname, "%.*s", name.ptr ? (int)name.len : 0,
+             name.ptr ? name.ptr : "");
+    m->instance = iname;    /* host-set field: only the struct carries it */
     if (conv.ptr)
-        kfg_msg_set(m, "conversation", conv.ptr, conv.len);
-    kfg_msg_set(m, "direction", "out", 3);
-    struct kfg_str body = kfg_req_body(req);
-    int p = kfg_msg_part_add(m, "text");
+        kfg_msg_set(m, KFG_ENV_CONVERSATION_ID, conv.ptr, conv.len);
+    int p = kfg_msg_part_add(m, KFG_ENV_KIND_TEXT);
     if (p >= 0)
-        kfg_msg_part_set(m, (size_t)p, "text", body.ptr, body.len);
-    kfg_msg_accept(m, 0);
-    d->ins = ins;
-    d->msg = m;
-    d->req = req;
-    kfg_instance_ref(ins);
-    int r = ins->plugin->deliver(ins->ctx, m, d);
-    if (r != KFG_OK)
-        kfg_delivery_finish(d, r == KFG_RETRY ? KFG_RETRY : KFG_EFAIL, NULL,
-                            "deliver callback refused the message");
+        kfg_msg_part_set(m, (size_t)p, KFG_ENV_P_TEXT, body.ptr ? body.ptr : "", body.len);
+    int r = kfg_env_encode(m, &env);
+    kfg_msg_free(m);
+    if (r != 0) {
+        kfg_buf_free(&env);
+        free(ad);
+        kfg_req_respond(req, 500, text_ct, 1, "out of memory\n", 14);
+        return;
+    }
+    kfg_busd_submit(env.p, env.len, 1, deliver_accepted, deliver_final, ad);
+    kfg_buf_free(&env);
 }
 
 void kfg_admin_routes(struct kfg_routes *r)

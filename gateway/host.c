@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "busd.h"
 #include "config.h"
 #include "gateway.h"
 #include "http.h"
@@ -311,117 +312,71 @@ static struct kfg_msg *h_msg_new(struct kfg_instance *ins, const char *type)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Emit: filters, then the in-process sink (the bus replaces the sink). */
+/* Emit: the filters, then the bus (journal, dedupe, feed). */
 
 struct emit_done {
     struct kfg_instance *ins;
     kfg_emit_done done;
     void *arg;
-    int result;
-    uint64_t seq;
     char reason[160];
 };
 
-static void emit_complete(void *arg)
+/* A dropped message is answered like an accepted one, later and on the
+ * calling loop, as the ABI promises for every completion. */
+static void emit_dropped(void *arg)
 {
     struct emit_done *e = arg;
-    e->done(e->arg, e->result, e->seq, e->reason[0] ? e->reason : NULL);
+    e->done(e->arg, KFG_EDROPPED, 0, e->reason);
     kfg_instance_unref(e->ins);
     free(e);
 }
 
-static int sink_write(struct kfg_gateway *gw, struct kfg_msg *m)
-{
-    uint64_t seq = atomic_fetch_add(&gw->seq, 1) + 1;
-    kfg_msg_accept(m, seq);
-    if (gw->sink) {
-        struct kfg_buf b = { 0 };
-        kfg_msg_to_json(m, &b);
-        kfg_buf_putc(&b, '\n');
-        if (b.oom) {
-            kfg_buf_free(&b);
-            return KFG_ENOMEM;
-        }
-        pthread_mutex_lock(&gw->sink_mu);
-        size_t w = fwrite(b.p, 1, b.len, gw->sink);
-        int fl = fflush(gw->sink);
-        pthread_mutex_unlock(&gw->sink_mu);
-        kfg_buf_free(&b);
-        if (w != b.len || fl != 0)
-            return KFG_EFAIL;
-    }
-    kfg_metric_add(gw->m_accepted, 1);
-    kfg_metric_set(gw->m_seq, (int64_t)seq);
-    return KFG_OK;
-}
-
 int kfg_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, void *arg)
 {
-    struct kfg_gateway *gw = kfg_gw;
     struct kfg_loop *loop = kfg_loop_current();
     if (!ins || !m || !done || !loop)
         return KFG_EINVAL;
-    struct emit_done *e = calloc(1, sizeof(*e));
-    if (!e)
-        return KFG_ENOMEM;
+    char reason[160];
     const struct kfg_chain *chain = kfg_chain_current();
     for (size_t i = 0; chain && i < chain->n; i++) {
         struct kfg_instance *f = chain->v[i];
-        int r = f->plugin->filter(f->ctx, m, e->reason, sizeof(e->reason));
+        reason[0] = '\0';
+        int r = f->plugin->filter(f->ctx, m, reason, sizeof(reason));
         if (r == KFG_OK)
             continue;
         if (r == KFG_EDROPPED) {
-            e->reason[sizeof(e->reason) - 1] = '\0';
+            reason[sizeof(reason) - 1] = '\0';
+            struct emit_done *e = calloc(1, sizeof(*e));
+            if (!e)
+                return KFG_ENOMEM;
             kfg_log(KFG_LOG_INFO, ins->name, NULL, "message dropped by filter %s: %s",
-                    f->name, e->reason);
+                    f->name, reason);
             kfg_metric_add(ins->m_dropped, 1);
-            e->result = KFG_EDROPPED;
+            memcpy(e->reason, reason, sizeof(reason));
+            e->ins = ins;
+            e->done = done;
+            e->arg = arg;
+            kfg_instance_ref(ins);
+            if (kfg_loop_post(loop, emit_dropped, e) < 0) {
+                kfg_instance_unref(ins);
+                free(e);
+                return KFG_ESTOPPED;
+            }
             kfg_msg_free(m);
-            goto complete;
+            return KFG_OK;
         }
         /* A failing filter must not let a message it could not judge
          * through, nor silently lose it: the channel is told to retry. */
         kfg_log(KFG_LOG_ERROR, ins->name, NULL, "filter %s failed (%d); message refused",
                 f->name, r);
         kfg_metric_add(ins->m_rejected, 1);
-        free(e);
         return KFG_EFAIL;
     }
-    int r = sink_write(gw, m);
-    if (r != KFG_OK) {
-        kfg_metric_add(ins->m_rejected, 1);
-        free(e);
-        return r;
-    }
-    e->seq = m->seq;
-    e->result = KFG_OK;
-    kfg_metric_add(ins->m_emitted, 1);
-    kfg_msg_free(m);
-complete:
-    e->ins = ins;
-    e->done = done;
-    e->arg = arg;
-    kfg_instance_ref(ins);
-    if (kfg_loop_post(loop, emit_complete, e) < 0) {
-        kfg_instance_unref(ins);
-        free(e);
-        return KFG_OK;    /* loop stopping: the message is stored regardless */
-    }
-    return KFG_OK;
+    int r = kfg_busd_emit(ins, m, done, arg);
+    kfg_metric_add(r == KFG_OK ? ins->m_emitted : ins->m_rejected, 1);
+    return r;
 }
 
-/* ------------------------------------------------------------------------ */
-/* Deliveries (driven by the admin endpoint until the bus lands) */
-
-struct kfg_delivery;
-void kfg_delivery_finish(struct kfg_delivery *d, int result, const char *code,
-                         const char *detail);
-
-static void h_delivered(struct kfg_delivery *d, int result, const char *code,
-                        const char *detail)
-{
-    kfg_delivery_finish(d, result, code, detail);
-}
 
 static void h_stopped(struct kfg_instance *ins)
 {
@@ -479,7 +434,7 @@ static const struct kfg_host host = {
     .msg_part_kind = kfg_msg_part_kind,
     .msg_part_get = kfg_msg_part_get,
     .emit = kfg_emit,
-    .delivered = h_delivered,
+    .delivered = kfg_busd_delivered,
     .stopped = h_stopped,
 };
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "busd.h"
 #include "config.h"
 #include "gateway.h"
 #include "http.h"
@@ -114,7 +115,6 @@ int main(int argc, char **argv)
     struct kfg_gateway *gw = &gw_storage;
     kfg_gw = gw;
     pthread_mutex_init(&gw->chain_mu, NULL);
-    pthread_mutex_init(&gw->sink_mu, NULL);
     gw->cfg = cfg;
     gw->control = kfg_loop_new(0);
     gw->nworkers = cfg->workers;
@@ -134,17 +134,11 @@ int main(int argc, char **argv)
                                           "outcome=\"failed\"");
     gw->m_instances = kfg_metric_get(KFG_METRIC_GAUGE, "kfgate_instances",
                                      "Plugin instances in the current generation.", NULL);
-    gw->m_accepted = kfg_metric_get(KFG_METRIC_COUNTER, "kfgate_accepted_total",
-                                    "Inbound messages accepted by the sink.", NULL);
-    gw->m_seq = kfg_metric_get(KFG_METRIC_GAUGE, "kfgate_last_sequence",
-                               "Last sequence number handed out.", NULL);
-
-    if (cfg->sink_file[0]) {
-        gw->sink = fopen(cfg->sink_file, "a");
-        if (!gw->sink) {
-            kfg_error("sink file %s: %s", cfg->sink_file, strerror(errno));
-            return 1;
-        }
+    /* The bus first: instances may emit as soon as they start. */
+    if (kfg_busd_start(gw, cfg, &errs) < 0) {
+        fprintf(stderr, "%s", kfg_buf_cstr(&errs));
+        fprintf(stderr, "kfgate: cannot start the bus\n");
+        return 1;
     }
 
     gw->front = kfg_http_server_new("http");
@@ -193,6 +187,7 @@ int main(int argc, char **argv)
     kfg_loop_enter(gw->control);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
+    kfg_busd_stop(gw);
     kfg_gateway_free(gw);
     kfg_http_server_free(gw->front);
     kfg_http_server_free(gw->admin);
@@ -200,8 +195,6 @@ int main(int argc, char **argv)
         kfg_loop_free(gw->workers[i]);
     free(gw->workers);
     kfg_plugin_set_release(&gw->plugins);
-    if (gw->sink)
-        fclose(gw->sink);
     kfg_config_free(gw->cfg);
     kfg_loop_free(gw->control);
     kfg_metrics_shutdown();
