@@ -81,6 +81,14 @@ struct bus {
     size_t batch_bytes;
     uint32_t retry_base_ms, retry_cap_ms;
     struct event *hb;
+    nng_aio *linger;             /* flushes open batches batch_linger_us after
+                                    the first record went into one */
+    int linger_armed;            /* under mu */
+    uint32_t linger_us;
+    int validate;                /* [bus] validate_inbound */
+    struct kfg_delivery *deliveries;    /* in progress; control loop */
+    uint64_t *undelivered;              /* outbound seqs found without an outcome */
+    size_t nundelivered, capundelivered;
     atomic_int stopping;
     struct kfg_metric *m_published, *m_batches, *m_pending, *m_commit, *m_dup;
     struct kfg_metric *m_replay, *m_out_ok, *m_out_dup, *m_out_rej, *m_last;
@@ -209,6 +217,10 @@ static void feed_publish(struct topic *t, uint64_t seq, const char *env, size_t 
             t->next_dirty = B.dirty;
             B.dirty = t;
         }
+        if (!B.linger_armed && B.linger) {
+            B.linger_armed = 1;
+            nng_sleep_aio((nng_duration)((B.linger_us + 999) / 1000), B.linger);
+        }
     }
     msgpack_packer pk;
     msgpack_packer_init(&pk, &t->body, buf_write);
@@ -241,6 +253,17 @@ static void on_commit_batch(void *arg)
     (void)arg;
     pthread_mutex_lock(&B.mu);
     flush_dirty();
+    pthread_mutex_unlock(&B.mu);
+}
+
+/* NNG thread: the linger ran out. */
+static void linger_fired(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&B.mu);
+    B.linger_armed = 0;
+    if (nng_aio_result(B.linger) == 0)
+        flush_dirty();
     pthread_mutex_unlock(&B.mu);
 }
 
@@ -337,7 +360,7 @@ static int encode_rec(void *arg, uint64_t seq, int64_t accepted_ms, struct kfg_b
     kfg_buf_putc(&p->rec, '\0');
     if (kfg_env_encode(p->m, &p->rec) != 0 || p->rec.oom)
         return KFG_ENOMEM;
-    if (p->kind == P_EMIT) {
+    if (p->kind == P_EMIT && B.validate) {
         /* A plugin's mistake (a part without its required field, a size
          * that is not a number) stops here, named, not on the core's side. */
         char why[200];
@@ -424,7 +447,13 @@ int kfg_busd_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done don
     if (!p)
         return KFG_ENOMEM;
     p->kind = P_EMIT;
-    p->t = topic_for(ins->tenant, ins->plugin->name, ins->name);
+    /* The topic never changes for an instance: look it up (snprintf, hash,
+     * lock) once. Workers may race to store the same pointer. */
+    p->t = __atomic_load_n((struct topic **)&ins->bus_topic, __ATOMIC_ACQUIRE);
+    if (!p->t) {
+        p->t = topic_for(ins->tenant, ins->plugin->name, ins->name);
+        __atomic_store_n((struct topic **)&ins->bus_topic, p->t, __ATOMIC_RELEASE);
+    }
     if (!p->t) {
         free(p);
         return KFG_EINVAL;
@@ -465,6 +494,7 @@ struct kfg_delivery {
     char result_code[64], result_detail[160];
     kfg_busd_final_fn final;     /* told the outcome, for /admin/deliver */
     void *final_arg;
+    struct kfg_delivery *prev, *next;   /* B.deliveries, control loop */
 };
 
 static void rctx_reply(struct rctx *c, const struct kfg_buf *b)
@@ -531,8 +561,22 @@ static void receipt(struct kfg_delivery *d, const char *status, const char *code
                     const char *detail, int retriable);
 static void delivery_attempt(struct kfg_delivery *d);
 
+static void delivery_link(struct kfg_delivery *d)
+{
+    d->next = B.deliveries;
+    if (d->next)
+        d->next->prev = d;
+    B.deliveries = d;
+}
+
 static void delivery_free(struct kfg_delivery *d)
 {
+    if (d->prev)
+        d->prev->next = d->next;
+    else if (B.deliveries == d)
+        B.deliveries = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
     if (d->final)
         d->final(d->final_arg, d->id, d->seq,
                  d->result_status ? d->result_status : KFG_ENV_STATUS_FAILED,
@@ -657,6 +701,7 @@ static void delivery_start(void *arg)
     d->m->tenant = d->tenant;
     d->m->channel = d->channel;
     d->m->instance = d->instance;
+    delivery_link(d);
     receipt(d, "accepted", NULL, NULL, 0);
     pend_free(p);
     delivery_attempt(d);
@@ -697,10 +742,10 @@ static void committed(void *arg, int result, uint64_t seq, int duplicate)
         if (p->kind == P_OUT)
             original_id(seq, p->id, sizeof p->id);
     }
-    /* Completions come in sequence order; once the newest record is done
-     * nothing else is on its way, so open batches go out now rather than
-     * wait for more traffic. */
-    if (!duplicate && seq >= kfg_journal_last_seq(B.j))
+    /* With no linger, a batch goes out as soon as the newest record is
+     * done (nothing else is on its way); otherwise the linger timer (or a
+     * full batch) sends it, so bursts travel in few NNG messages. */
+    if (!B.linger_us && !duplicate && seq >= kfg_journal_last_seq(B.j))
         on_commit_batch(NULL);
     switch (p->kind) {
     case P_EMIT:
@@ -1142,6 +1187,34 @@ fail:
     return -1;
 }
 
+/* Outbound records whose delivery ended (a sent/delivered/failed receipt
+ * names them) are done; the others were accepted but the gateway stopped
+ * before their outcome, and are delivered again after the start. Receipts
+ * follow their envelope closely, so the search runs from the newest. */
+static void undelivered_add(uint64_t seq)
+{
+    if (B.nundelivered == B.capundelivered) {
+        size_t cap = B.capundelivered ? 2 * B.capundelivered : 64;
+        uint64_t *v = realloc(B.undelivered, cap * sizeof(*v));
+        if (!v)
+            return;
+        B.undelivered = v;
+        B.capundelivered = cap;
+    }
+    B.undelivered[B.nundelivered++] = seq;
+}
+
+static void undelivered_done(uint64_t seq)
+{
+    for (size_t i = B.nundelivered; i-- > 0;)
+        if (B.undelivered[i] == seq) {
+            memmove(&B.undelivered[i], &B.undelivered[i + 1],
+                    (B.nundelivered - i - 1) * sizeof(*B.undelivered));
+            B.nundelivered--;
+            return;
+        }
+}
+
 static int scan_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *key,
                     size_t keylen, const void *payload, size_t len)
 {
@@ -1149,12 +1222,75 @@ static int scan_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *ke
     (void)accepted_ms, (void)key, (void)keylen;
     *next = seq + 1;
     const char *nul = memchr(payload, '\0', len);
-    if (nul) {
-        struct topic *t = topic_get(payload, (size_t)(nul - (const char *)payload));
-        if (t)
-            t->last = seq;
+    if (!nul)
+        return 0;
+    size_t tl = (size_t)(nul - (const char *)payload);
+    struct topic *t = topic_get(payload, tl);
+    if (t)
+        t->last = seq;
+    /* Only outbound records and receipts (dir "out", as fixstrs) are decoded. */
+    const char *env = nul + 1;
+    size_t elen = len - tl - 1;
+    if (!memmem(env, elen, "\xa3" "dir" "\xa3" "out", 8))
+        return 0;
+    struct kfg_msg *m = NULL;
+    char why[8];
+    if (kfg_env_decode(env, elen, 0, &m, why, sizeof why) != 0)
+        return 0;
+    if (strcmp(m->type, KFG_ENV_TYPE_STATUS) != 0) {
+        undelivered_add(seq);
+    } else {
+        struct kfg_str st = kfg_msg_get(m, KFG_ENV_STATUS);
+        const struct kfg_field *rs = kfg_msg_field(m, KFG_ENV_REF_SEQ);
+        if (st.ptr && rs && strcmp(st.ptr, KFG_ENV_STATUS_ACCEPTED) != 0)
+            undelivered_done((uint64_t)rs->ival);
     }
+    kfg_msg_free(m);
     return 0;
+}
+
+static int redeliver_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *key,
+                         size_t keylen, const void *payload, size_t len)
+{
+    (void)arg, (void)accepted_ms, (void)key, (void)keylen;
+    const char *nul = memchr(payload, '\0', len);
+    struct kfg_msg *m = NULL;
+    char why[8];
+    if (!nul || kfg_env_decode(nul + 1, len - (size_t)(nul + 1 - (const char *)payload), 0, &m,
+                               why, sizeof why) != 0)
+        return 0;
+    struct kfg_delivery *d = calloc(1, sizeof(*d));
+    struct kfg_str tenant = kfg_msg_get(m, KFG_ENV_TENANT);
+    struct kfg_str channel = kfg_msg_get(m, KFG_ENV_CHANNEL);
+    struct kfg_str inst = kfg_msg_get(m, KFG_ENV_INSTANCE);
+    if (!d || !tenant.ptr || !channel.ptr || !inst.ptr) {
+        free(d);
+        kfg_msg_free(m);
+        return 0;
+    }
+    d->m = m;
+    snprintf(d->id, sizeof d->id, "%s", m->id);
+    d->seq = seq;
+    snprintf(d->instance, sizeof d->instance, "%.*s", (int)inst.len, inst.ptr);
+    snprintf(d->tenant, sizeof d->tenant, "%.*s", (int)tenant.len, tenant.ptr);
+    snprintf(d->channel, sizeof d->channel, "%.*s", (int)channel.len, channel.ptr);
+    kfg_info("outbound %s (seq %llu) was accepted before the last stop without an "
+             "outcome: delivering it again", d->id, (unsigned long long)seq);
+    delivery_link(d);
+    delivery_attempt(d);
+    return 0;
+}
+
+/* Posted at start: runs once the control loop turns, after the instances of
+ * the first generation started. */
+static void redeliver(void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < B.nundelivered && !atomic_load(&B.stopping); i++)
+        kfg_journal_read(B.j, B.undelivered[i], 1, redeliver_rec, NULL);
+    free(B.undelivered);
+    B.undelivered = NULL;
+    B.nundelivered = B.capundelivered = 0;
 }
 
 static int open_rep(nng_socket *s, const char *what, const char *url, int mode, int outbound,
@@ -1188,6 +1324,12 @@ int kfg_busd_start(struct kfg_gateway *gw, const struct kfg_config *cfg, struct 
     pthread_mutex_init(&B.mu, NULL);
     B.batch_max = cfg->bus.batch_max;
     B.batch_bytes = cfg->bus.batch_bytes;
+    B.linger_us = cfg->bus.batch_linger_us;
+    B.validate = cfg->bus.validate_inbound;
+    if (B.linger_us && nng_aio_alloc(&B.linger, linger_fired, NULL) != 0) {
+        kfg_buf_printf(errs, "bus: cannot allocate the batch timer\n");
+        return -1;
+    }
     B.replay_max = cfg->bus.replay_max;
     B.retry_max = cfg->bus.retry_max;
     B.retry_base_ms = cfg->bus.retry_base_ms;
@@ -1223,9 +1365,11 @@ int kfg_busd_start(struct kfg_gateway *gw, const struct kfg_config *cfg, struct 
             break;
     }
     pthread_mutex_unlock(&B.mu);
-    kfg_info("journal %s: records %llu..%llu, %zu topic(s), scanned in %.0f ms", jo.dir,
-             (unsigned long long)kfg_journal_first_seq(B.j), (unsigned long long)last,
-             B.ntopics, (mono_s() - t0) * 1000);
+    kfg_info("journal %s: records %llu..%llu, %zu topic(s), %zu outbound to deliver again, "
+             "scanned in %.0f ms", jo.dir, (unsigned long long)kfg_journal_first_seq(B.j),
+             (unsigned long long)last, B.ntopics, B.nundelivered, (mono_s() - t0) * 1000);
+    if (B.nundelivered)
+        kfg_loop_post(gw->control, redeliver, NULL);
 
     B.m_published = kfg_metric_get(KFG_METRIC_COUNTER, "kfgate_bus_published_total",
                                    "Records published on the feed.", NULL);
@@ -1296,6 +1440,14 @@ void kfg_busd_stop(struct kfg_gateway *gw)
         event_free(B.hb);
         B.hb = NULL;
     }
+    /* Deliveries still waiting for a retry: they are journaled without an
+     * outcome, so the next start delivers them again. */
+    while (B.deliveries) {
+        B.deliveries->final = NULL;
+        delivery_free(B.deliveries);
+    }
+    free(B.undelivered);
+    B.undelivered = NULL;
     /* Closing a socket from outside its callbacks is safe; the pending
      * receives complete with NNG_ECLOSED and are not re-armed. */
     if (B.have_out)
@@ -1306,6 +1458,11 @@ void kfg_busd_stop(struct kfg_gateway *gw)
     if (B.j) {
         kfg_journal_close(B.j);
         B.j = NULL;
+    }
+    if (B.linger) {
+        nng_aio_stop(B.linger);     /* waits for a running callback */
+        nng_aio_free(B.linger);
+        B.linger = NULL;
     }
     on_commit_batch(NULL);
     for (size_t i = 0; i < B.nctx; i++)

@@ -13,7 +13,7 @@
 /* ------------------------------------------------------------------------ */
 /* Schema of the gateway's own sections. */
 
-enum key_type { K_STR, K_U32, K_SIZE, K_LEVEL, K_FORMAT, K_FSYNC };
+enum key_type { K_STR, K_U32, K_SIZE, K_LEVEL, K_FORMAT, K_FSYNC, K_BOOL };
 
 struct key_spec {
     const char *name;
@@ -86,6 +86,8 @@ static const struct key_spec bus_keys[] = {
     { "ipc_mode", K_U32, OFF(bus.ipc_mode), 0, 0777 },
     { "batch_max", K_U32, OFF(bus.batch_max), 1, 4096 },
     { "batch_bytes", K_SIZE, OFF(bus.batch_bytes), 1024, 16 << 20 },
+    { "batch_linger_us", K_U32, OFF(bus.batch_linger_us), 0, 1000000 },
+    { "validate_inbound", K_BOOL, OFF(bus.validate_inbound), 0, 0 },
     { "heartbeat_ms", K_U32, OFF(bus.heartbeat_ms), 10, 3600000 },
     { "replay_max", K_U32, OFF(bus.replay_max), 1, 65536 },
     { "replay_contexts", K_U32, OFF(bus.replay_contexts), 1, 256 },
@@ -169,16 +171,42 @@ const char *kfg_nearest(const char *word, const char *const *cands)
     return bestd <= limit ? best : NULL;
 }
 
+/* A key (or other text from the file) fit for an error line: control bytes
+ * (a key may hold "\n" or "\u0000") become \xHH, long text is cut. */
+static const char *shown(char buf[static 280], const char *s, size_t len)
+{
+    size_t o = 0, i;
+    for (i = 0; i < len && o < 256; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f || ch == '\\')
+            o += (size_t)snprintf(buf + o, 8, "\\x%02x", ch);
+        else
+            buf[o++] = (char)ch;
+    }
+    if (i < len)
+        o += (size_t)snprintf(buf + o, 8, "...");
+    buf[o] = '\0';
+    return buf;
+}
+
+/* Exact key match: a key may contain NUL bytes, so strcmp is not enough. */
+static int key_is(const struct kfg_toml_entry *e, const char *name)
+{
+    return e->key_len == strlen(name) && memcmp(e->key, name, e->key_len) == 0;
+}
+
 static void unknown_key(struct kfg_buf *errs, const char *file,
                         const struct kfg_toml_entry *e, const char *where,
                         const char *const *known)
 {
     const char *near = kfg_nearest(e->key, known);
+    char kb[280];
     if (near)
         err_at(errs, file, e->key_pos, "%sunknown key '%s' (did you mean '%s'?)",
-               where, e->key, near);
+               where, shown(kb, e->key, e->key_len), near);
     else
-        err_at(errs, file, e->key_pos, "%sunknown key '%s'", where, e->key);
+        err_at(errs, file, e->key_pos, "%sunknown key '%s'", where,
+               shown(kb, e->key, e->key_len));
 }
 
 /* "env:NAME" → the variable's value, for keys that may hold secrets. */
@@ -190,8 +218,9 @@ static const char *resolve_env(const char *v, struct kfg_buf *errs, const char *
     const char *name = v + 4;
     const char *val = *name ? getenv(name) : NULL;
     if (!val) {
+        char nb[280];
         err_at(errs, file, pos, "key '%s': environment variable '%s' is not set",
-               key, name);
+               key, shown(nb, name, strlen(name)));
         return NULL;
     }
     return val;
@@ -211,7 +240,7 @@ static void apply_section(struct kfg_config *c, const struct section_spec *sec,
     for (size_t i = 0; i < kfg_toml_table_len(t); i++) {
         const struct kfg_toml_entry *e = kfg_toml_table_at(t, i);
         const struct key_spec *k = sec->keys;
-        while (k->name && strcmp(k->name, e->key) != 0)
+        while (k->name && !key_is(e, k->name))
             k++;
         if (!k->name) {
             unknown_key(errs, c->path, e, where, names);
@@ -260,6 +289,16 @@ static void apply_section(struct kfg_config *c, const struct section_spec *sec,
                 break;
             }
             *(int *)field = r;
+            break;
+        }
+        case K_BOOL: {
+            bool bv;
+            if (!kfg_toml_get_bool(v, &bv)) {
+                err_at(errs, c->path, v->pos, "%skey '%s' must be a boolean, not %s",
+                       where, e->key, kfg_toml_type_name(v->type));
+                break;
+            }
+            *(int *)field = bv;
             break;
         }
         case K_FSYNC: {
@@ -408,20 +447,27 @@ int kfg_config_load(const char *path, struct kfg_config **out, struct kfg_buf *e
     char *src = read_file(path, &len, errs);
     if (!src)
         return -1;
+    int r = kfg_config_load_buf(path, src, len, out, errs);
+    free(src);
+    return r;
+}
+
+int kfg_config_load_buf(const char *path, const char *src, size_t len,
+                        struct kfg_config **out, struct kfg_buf *errs)
+{
+    *out = NULL;
     struct kfg_config *c = calloc(1, sizeof(*c));
-    if (!c) {
-        free(src);
+    if (!c || !(c->path = strdup(path))) {
+        kfg_buf_puts(errs, "out of memory\n");
+        free(c);
         return -1;
     }
-    c->path = strdup(path);
     struct kfg_toml_error terr;
     if (kfg_toml_parse(src, len, &c->root, &terr) < 0) {
         kfg_buf_printf(errs, "%s:%u:%u: %s\n", path, terr.line, terr.col, terr.msg);
-        free(src);
         kfg_config_free(c);
         return -1;
     }
-    free(src);
 
     c->workers = 0;
     c->plugin_dir = "build/plugins";
@@ -449,6 +495,8 @@ int kfg_config_load(const char *path, struct kfg_config **out, struct kfg_buf *e
     c->bus.ipc_mode = 0600;
     c->bus.batch_max = 32;
     c->bus.batch_bytes = 64u << 10;
+    c->bus.batch_linger_us = 1000;
+    c->bus.validate_inbound = 1;
     c->bus.heartbeat_ms = 1000;
     c->bus.replay_max = 256;
     c->bus.replay_contexts = 8;
@@ -461,7 +509,7 @@ int kfg_config_load(const char *path, struct kfg_config **out, struct kfg_buf *e
     for (size_t i = 0; i < kfg_toml_table_len(c->root); i++) {
         const struct kfg_toml_entry *e = kfg_toml_table_at(c->root, i);
         const struct section_spec *sec = sections;
-        while (sec->name && strcmp(sec->name, e->key) != 0)
+        while (sec->name && !key_is(e, sec->name))
             sec++;
         if (sec->name) {
             if (e->value->type != KFG_TOML_TABLE)
@@ -469,7 +517,7 @@ int kfg_config_load(const char *path, struct kfg_config **out, struct kfg_buf *e
                        e->key, e->key);
             else
                 apply_section(c, sec, e->value, errs);
-        } else if (strcmp(e->key, "adapter") != 0 && strcmp(e->key, "filter") != 0) {
+        } else if (!key_is(e, "adapter") && !key_is(e, "filter")) {
             unknown_key(errs, path, e, "", top_level);
         }
     }
@@ -633,15 +681,16 @@ struct kfg_icfg *kfg_icfg_resolve(const struct kfg_config *c,
         known[nk++] = *h;
     for (size_t i = 0; i < nkeys; i++)
         known[nk++] = keys[i].name;
-    char where[128];
+    char where[128], tb[280];
     snprintf(where, sizeof(where), "%s '%s' (type %s): ",
-             ic->kind == KFG_KIND_ADAPTER ? "adapter" : "filter", ic->name, ic->type);
+             ic->kind == KFG_KIND_ADAPTER ? "adapter" : "filter", ic->name,
+             shown(tb, ic->type, strlen(ic->type)));
 
     for (size_t i = 0; i < kfg_toml_table_len(ic->table); i++) {
         const struct kfg_toml_entry *e = kfg_toml_table_at(ic->table, i);
         int ok = 0;
         for (size_t j = 0; j < nk && !ok; j++)
-            ok = strcmp(known[j], e->key) == 0;
+            ok = key_is(e, known[j]);
         if (!ok)
             unknown_key(errs, c->path, e, where, known);
     }
@@ -681,9 +730,10 @@ struct kfg_icfg *kfg_icfg_resolve(const struct kfg_config *c,
             ok = kfg_toml_get_float(v, &iv->f);
             break;
         case KFG_CFG_BOOL: {
-            bool b;
+            bool b = false;     /* untouched by get_bool on a non-bool */
             ok = kfg_toml_get_bool(v, &b);
-            iv->b = b;
+            if (ok)
+                iv->b = b;
             break;
         }
         case KFG_CFG_STRING_ARRAY:

@@ -42,6 +42,8 @@ struct kfg_bus_config {
     uint32_t ipc_mode;
     uint32_t batch_max;
     size_t batch_bytes;
+    uint32_t batch_linger_us;
+    int validate_inbound;
     uint32_t heartbeat_ms;
     uint32_t replay_max, replay_contexts, outbound_contexts;
     uint32_t retry_max, retry_base_ms, retry_cap_ms;
@@ -77,6 +79,11 @@ struct kfg_config {
 /* Loads and validates path. Returns 0, or -1 with every error found
  * appended to errs, one per line ("file:line:col: message"). */
 int kfg_config_load(const char *path, struct kfg_config **out, struct kfg_buf *errs);
+/* The same from src[0..len) already in memory (no NUL needed); `path` only
+ * names the source in errors and becomes c->path. The tree does not
+ * reference src, which may be freed on return. */
+int kfg_config_load_buf(const char *path, const char *src, size_t len,
+                        struct kfg_config **out, struct kfg_buf *errs);
 void kfg_config_free(struct kfg_config *c);
 
 /* A plugin instance's resolved keys (defaults applied, env: secrets read). */

@@ -616,14 +616,25 @@ struct mark {
     size_t plen, klen;
 };
 
+/* Appends to the path, truncated (as snprintf would) and NUL-terminated. */
+static void path_add(struct dec *d, const char *s, size_t n)
+{
+    size_t room = sizeof(d->path) - 1 - d->plen;
+    if (n > room)
+        n = room;
+    memcpy(d->path + d->plen, s, n);
+    d->plen += n;
+    d->path[d->plen] = '\0';
+}
+
 static struct mark push_key(struct dec *d, const char *k, size_t n)
 {
     struct mark mk = { d->plen, d->klen };
-    int w = snprintf(d->path + d->plen, sizeof(d->path) - d->plen, "%s%.*s",
-                     d->plen ? "." : "", (int)n, k);
-    if (w > 0)
-        d->plen = d->plen + (size_t)w < sizeof(d->path) ? d->plen + (size_t)w
-                                                         : sizeof(d->path) - 1;
+    /* The path is only read when a reason is written, but it is built for
+     * every key: plain copies, no printf, on this hot path. */
+    if (d->plen)
+        path_add(d, ".", 1);
+    path_add(d, k, n);
     if (d->klen + (d->klen ? 1 : 0) + n <= KFG_MSG_KEY_MAX) {
         if (d->klen)
             d->key[d->klen++] = '.';
@@ -639,10 +650,13 @@ static struct mark push_key(struct dec *d, const char *k, size_t n)
 static struct mark push_index(struct dec *d, size_t i)
 {
     struct mark mk = { d->plen, d->klen };
-    int w = snprintf(d->path + d->plen, sizeof(d->path) - d->plen, "[%zu]", i);
-    if (w > 0)
-        d->plen = d->plen + (size_t)w < sizeof(d->path) ? d->plen + (size_t)w
-                                                         : sizeof(d->path) - 1;
+    char num[24], *e = num + sizeof num, *q = e;
+    *--q = ']';
+    do
+        *--q = (char)('0' + i % 10);
+    while ((i /= 10) && q > num + 1);
+    *--q = '[';
+    path_add(d, q, (size_t)(e - q));
     return mk;
 }
 

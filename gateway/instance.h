@@ -52,6 +52,7 @@ struct kfg_instance {
     struct kfg_metric *m_latency;
     struct kfg_metric *m_emitted, *m_dropped, *m_rejected;
     struct kfg_metric *m_delivered, *m_delivery_failed;
+    void *bus_topic;                   /* the bus's feed topic, cached (busd.c) */
 };
 
 void kfg_instance_ref(struct kfg_instance *ins);

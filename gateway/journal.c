@@ -1272,9 +1272,11 @@ static int write_batch(struct kfg_journal *j, struct queue *q, uint64_t *last_re
     if (flush_chunk(j, s, p + start, end - start) < 0)
         return -1;
     if (j->policy != KFG_FSYNC_NEVER && j->unsynced) {
+        /* the interval runs from fsync start to fsync start */
+        int64_t t = now_mono_ms();
         if (do_sync(j, s) < 0)
             return -1;
-        j->last_fsync_mono = now_mono_ms();
+        j->last_fsync_mono = t;
     }
     return 0;
 }

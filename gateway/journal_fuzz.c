@@ -112,6 +112,12 @@ static void clear_dir(void)
     closedir(d);
 }
 
+static void remove_dir(void)
+{
+    clear_dir();
+    rmdir(g_dir);
+}
+
 struct rd {
     uint64_t next;
     size_t n;
@@ -206,6 +212,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(g_dir, sizeof(g_dir), "%s/kfj_fuzz.XXXXXX", base);
         if (!mkdtemp(g_dir))
             abort();
+        atexit(remove_dir);
         init = 1;
     }
     if (size < 1)
