@@ -69,7 +69,7 @@ static const struct key_spec client_keys[] = {
 
 static const struct key_spec journal_keys[] = {
     { "dir", K_STR, OFF(journal.dir), 0, 0 },
-    { "segment_bytes", K_SIZE, OFF(journal.segment_bytes), 4096, (int64_t)1 << 40 },
+    { "segment_bytes", K_SIZE, OFF(journal.segment_bytes), 4096, (int64_t)1 << 30 },
     { "fsync", K_FSYNC, OFF(journal.fsync), 0, 0 },
     { "fsync_interval_ms", K_U32, OFF(journal.fsync_interval_ms), 1, 60000 },
     { "max_bytes", K_SIZE, OFF(journal.max_bytes), 0, INT64_MAX },

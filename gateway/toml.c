@@ -895,7 +895,7 @@ static struct kfg_toml_value *parse_number(struct parser *P, const char *s, size
     if (rc == DIGITS_US)
         return number_fail(P, s, n, "underscores must sit between digits in");
     if (rc != DIGITS_OK || q != e) {
-        int c0 = (unsigned char)s[sign != 0];
+        int c0 = n > (size_t)(sign != 0) ? (unsigned char)s[sign != 0] : 0;  /* "+" alone */
 
         if (base == 10 && ((c0 >= 'a' && c0 <= 'z') || (c0 >= 'A' && c0 <= 'Z')))
             return number_fail(P, s, n, "invalid value");
