@@ -55,11 +55,6 @@ static const struct key_spec log_keys[] = {
     { NULL, 0, 0, 0, 0 },
 };
 
-static const struct key_spec sink_keys[] = {
-    { "file", K_STR, OFF(sink_file), 0, 0 },
-    { NULL, 0, 0, 0, 0 },
-};
-
 static const struct key_spec client_keys[] = {
     { "timeout_ms", K_U32, OFF(client_timeout_ms), 1, 3600000 },
     { "connect_timeout_ms", K_U32, OFF(client_connect_timeout_ms), 1, 600000 },
@@ -105,13 +100,13 @@ struct section_spec {
 
 static const struct section_spec sections[] = {
     { "gateway", gateway_keys }, { "http", http_keys }, { "admin", admin_keys },
-    { "log", log_keys }, { "sink", sink_keys }, { "client", client_keys },
+    { "log", log_keys }, { "client", client_keys },
     { "journal", journal_keys }, { "bus", bus_keys },
     { NULL, NULL },
 };
 
 static const char *const top_level[] = {
-    "gateway", "http", "admin", "log", "sink", "client", "journal", "bus", "adapter",
+    "gateway", "http", "admin", "log", "client", "journal", "bus", "adapter",
     "filter", NULL,
 };
 
@@ -477,7 +472,6 @@ int kfg_config_load_buf(const char *path, const char *src, size_t len,
     c->admin_listen = "127.0.0.1:9090";
     c->log_format = KFG_LOG_LOGFMT;
     c->log_level = KFG_LOG_INFO;
-    c->sink_file = "";
     c->client_timeout_ms = 10000;
     c->client_connect_timeout_ms = 3000;
     c->client_max_response_bytes = 4u << 20;

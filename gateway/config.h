@@ -64,7 +64,6 @@ struct kfg_config {
 
     int log_format, log_level;
 
-    const char *sink_file;             /* "" = none */
 
     uint32_t client_timeout_ms, client_connect_timeout_ms;
     size_t client_max_response_bytes;

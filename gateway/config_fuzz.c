@@ -76,7 +76,7 @@ static void check_loaded(const struct kfg_config *c)
     check(c->http.max_head_bytes >= 256 && c->http.max_head_bytes <= (1 << 20));
     check(c->http.max_headers >= 4 && c->http.max_headers <= 10000);
     check(c->journal.fsync >= KFG_FSYNC_CFG_ALWAYS && c->journal.fsync <= KFG_FSYNC_CFG_NEVER);
-    check(c->journal.dir && c->bus.feed && c->bus.replay && c->bus.outbound && c->sink_file);
+    check(c->journal.dir && c->bus.feed && c->bus.replay && c->bus.outbound);
     check(c->bus.ipc_mode <= 0777);
     for (size_t i = 0; i < c->ninstances; i++) {
         const struct kfg_instance_cfg *ic = &c->instances[i];

@@ -89,7 +89,7 @@ static void test_defaults(void **state)
     assert_string_equal(c->admin_listen, "127.0.0.1:9090");
     assert_int_equal(c->log_format, KFG_LOG_LOGFMT);
     assert_int_equal(c->log_level, KFG_LOG_INFO);
-    assert_string_equal(c->sink_file, "");
+    assert_string_equal(c->journal.dir, "var/journal");
     assert_int_equal(c->client_timeout_ms, 10000);
     assert_int_equal(c->client_connect_timeout_ms, 3000);
     assert_int_equal(c->client_max_response_bytes, 4u << 20);

@@ -1,6 +1,6 @@
 /*
  * The gateway: configuration generations, plugin instances and their
- * lifecycle, the filter chain, the in-process message sink, shutdown.
+ * lifecycle, the filter chain, shutdown.
  * All of it is driven from the control loop; worker loops only read
  * published snapshots.
  */
@@ -53,10 +53,6 @@ struct kfg_gateway {
     pthread_mutex_t chain_mu;
     _Atomic(struct kfg_chain *) chain;
 
-    atomic_uint_fast64_t seq;          /* last sequence number handed out */
-    pthread_mutex_t sink_mu;
-    FILE *sink;
-    char *sink_path;
 
     int shutting_down;
     int exit_code;
@@ -65,7 +61,6 @@ struct kfg_gateway {
     unsigned generation;
 
     struct kfg_metric *m_reloads_ok, *m_reloads_failed, *m_instances;
-    struct kfg_metric *m_accepted, *m_seq;
 };
 
 extern struct kfg_gateway *kfg_gw;
@@ -89,7 +84,7 @@ void kfg_instance_stopped(struct kfg_instance *ins);
 const struct kfg_host *kfg_host_table(void);
 /* Admin endpoints on the admin server's routes. */
 void kfg_admin_routes(struct kfg_routes *r);
-/* Emits into the in-process sink; see struct kfg_host.emit. */
+/* host->emit: the filters, then the bus (busd.h). */
 int kfg_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, void *arg);
 
 #endif
