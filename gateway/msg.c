@@ -2,6 +2,7 @@
 
 #include "envelope.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -331,8 +332,12 @@ struct kfg_str kfg_msg_part_get(const struct kfg_msg *m, size_t part,
 /* xorshift128+ seeded per thread from getrandom: ids need uniqueness and
  * order, not secrecy, and a syscall per id would cost more than the id. */
 static __thread uint64_t rng_s[2];
-static __thread int64_t last_ms;
-static __thread uint16_t last_seq;
+/* The clock and counter are shared by every thread, so ids from different
+ * threads are ordered too: the journal assigns them under its lock in seq
+ * order, and sorted ids then follow seq (spec/envelope.md, `id`). */
+static pthread_mutex_t uuid_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t last_ms;
+static uint16_t last_seq;
 
 static uint64_t rng_next(void)
 {
@@ -356,8 +361,9 @@ void kfg_uuid7(char out[37], int64_t *ms_out)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    /* RFC 9562 method 1: a 12-bit counter in rand_a keeps ids from one
-     * thread ordered within the same millisecond. */
+    /* RFC 9562 method 1: a 12-bit counter in rand_a keeps ids ordered
+     * within the same millisecond. */
+    pthread_mutex_lock(&uuid_mu);
     if (ms <= last_ms) {
         ms = last_ms;
         if (++last_seq > 0xfff) {
@@ -368,11 +374,13 @@ void kfg_uuid7(char out[37], int64_t *ms_out)
         last_ms = ms;
         last_seq = (uint16_t)(rng_next() & 0x3ff);
     }
+    uint16_t seq = last_seq;
+    pthread_mutex_unlock(&uuid_mu);
     uint8_t b[16];
     for (int i = 0; i < 6; i++)
         b[i] = (uint8_t)((uint64_t)ms >> (40 - 8 * i));
-    b[6] = (uint8_t)(0x70 | (last_seq >> 8));
-    b[7] = (uint8_t)last_seq;
+    b[6] = (uint8_t)(0x70 | (seq >> 8));
+    b[7] = (uint8_t)seq;
     uint64_t r = rng_next();
     for (int i = 0; i < 8; i++)
         b[8 + i] = (uint8_t)(r >> (8 * i));
