@@ -87,7 +87,10 @@ struct bus {
     uint32_t linger_us;
     int validate;                /* [bus] validate_inbound */
     struct kfg_delivery *deliveries;    /* in progress; control loop */
-    uint64_t *undelivered;              /* outbound seqs found without an outcome */
+    struct undelivered {
+        uint64_t seq;
+        int accepted;                   /* its "accepted" receipt is stored */
+    } *undelivered;                     /* outbound found without an outcome */
     size_t nundelivered, capundelivered;
     atomic_int stopping;
     struct kfg_metric *m_published, *m_batches, *m_pending, *m_commit, *m_dup;
@@ -1195,19 +1198,23 @@ static void undelivered_add(uint64_t seq)
 {
     if (B.nundelivered == B.capundelivered) {
         size_t cap = B.capundelivered ? 2 * B.capundelivered : 64;
-        uint64_t *v = realloc(B.undelivered, cap * sizeof(*v));
+        struct undelivered *v = realloc(B.undelivered, cap * sizeof(*v));
         if (!v)
             return;
         B.undelivered = v;
         B.capundelivered = cap;
     }
-    B.undelivered[B.nundelivered++] = seq;
+    B.undelivered[B.nundelivered++] = (struct undelivered){ seq, 0 };
 }
 
-static void undelivered_done(uint64_t seq)
+static void undelivered_done(uint64_t seq, int accepted_only)
 {
     for (size_t i = B.nundelivered; i-- > 0;)
-        if (B.undelivered[i] == seq) {
+        if (B.undelivered[i].seq == seq) {
+            if (accepted_only) {
+                B.undelivered[i].accepted = 1;
+                return;
+            }
             memmove(&B.undelivered[i], &B.undelivered[i + 1],
                     (B.nundelivered - i - 1) * sizeof(*B.undelivered));
             B.nundelivered--;
@@ -1242,8 +1249,8 @@ static int scan_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *ke
     } else {
         struct kfg_str st = kfg_msg_get(m, KFG_ENV_STATUS);
         const struct kfg_field *rs = kfg_msg_field(m, KFG_ENV_REF_SEQ);
-        if (st.ptr && rs && strcmp(st.ptr, KFG_ENV_STATUS_ACCEPTED) != 0)
-            undelivered_done((uint64_t)rs->ival);
+        if (st.ptr && rs)
+            undelivered_done((uint64_t)rs->ival, !strcmp(st.ptr, KFG_ENV_STATUS_ACCEPTED));
     }
     kfg_msg_free(m);
     return 0;
@@ -1252,7 +1259,8 @@ static int scan_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *ke
 static int redeliver_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *key,
                          size_t keylen, const void *payload, size_t len)
 {
-    (void)arg, (void)accepted_ms, (void)key, (void)keylen;
+    const struct undelivered *u = arg;
+    (void)accepted_ms, (void)key, (void)keylen;
     const char *nul = memchr(payload, '\0', len);
     struct kfg_msg *m = NULL;
     char why[8];
@@ -1277,6 +1285,14 @@ static int redeliver_rec(void *arg, uint64_t seq, int64_t accepted_ms, const voi
     kfg_info("outbound %s (seq %llu) was accepted before the last stop without an "
              "outcome: delivering it again", d->id, (unsigned long long)seq);
     delivery_link(d);
+    if (!u->accepted) {
+        /* Stopped between its commit and its "accepted" receipt: every
+         * outbound gets that receipt first, once. */
+        d->m->tenant = d->tenant;
+        d->m->channel = d->channel;
+        d->m->instance = d->instance;
+        receipt(d, KFG_ENV_STATUS_ACCEPTED, NULL, NULL, 0);
+    }
     delivery_attempt(d);
     return 0;
 }
@@ -1287,7 +1303,7 @@ static void redeliver(void *arg)
 {
     (void)arg;
     for (size_t i = 0; i < B.nundelivered && !atomic_load(&B.stopping); i++)
-        kfg_journal_read(B.j, B.undelivered[i], 1, redeliver_rec, NULL);
+        kfg_journal_read(B.j, B.undelivered[i].seq, 1, redeliver_rec, &B.undelivered[i]);
     free(B.undelivered);
     B.undelivered = NULL;
     B.nundelivered = B.capundelivered = 0;
