@@ -603,6 +603,7 @@ struct kfg_bus {
     int timeout_ms;
     uint32_t replay_max;
     size_t max_msg;
+    int recvbuf;
     pthread_mutex_t mu;
     int have_replay, have_out;
     nng_socket replay, out;
@@ -616,7 +617,7 @@ int kfg_bus_open(struct kfg_bus **out, const struct kfg_bus_opts *opts)
     *out = NULL;
     if (!opts)
         opts = &defaults;
-    if (opts->request_timeout_ms < 0)
+    if (opts->request_timeout_ms < 0 || opts->recvbuf < 0 || opts->recvbuf > 8192)
         return KFG_BUS_EINVAL;
     struct kfg_bus *b = calloc(1, sizeof(*b));
     if (!b)
@@ -627,6 +628,7 @@ int kfg_bus_open(struct kfg_bus **out, const struct kfg_bus_opts *opts)
     b->timeout_ms = opts->request_timeout_ms ? opts->request_timeout_ms : DEFAULT_TIMEOUT_MS;
     b->replay_max = opts->replay_max ? opts->replay_max : DEFAULT_REPLAY_MAX;
     b->max_msg = opts->max_msg ? opts->max_msg : DEFAULT_MAX_MSG;
+    b->recvbuf = opts->recvbuf ? opts->recvbuf : FEED_RECVBUF;
     pthread_mutex_init(&b->mu, NULL);
     if (!b->feed_url || !b->replay_url || !b->out_url) {
         kfg_bus_close(b);
@@ -1362,7 +1364,7 @@ int kfg_bus_sub(struct kfg_bus *b, const char *prefix, uint64_t cursor, struct k
         (rv = nng_aio_alloc(&s->faio, NULL, NULL)) != 0 || (rv = nng_sub0_open(&s->feed)) != 0)
         goto fail;
     s->have_feed = 1;
-    if ((rv = nng_socket_set_int(s->feed, NNG_OPT_RECVBUF, FEED_RECVBUF)) != 0 ||
+    if ((rv = nng_socket_set_int(s->feed, NNG_OPT_RECVBUF, b->recvbuf)) != 0 ||
         (rv = nng_socket_set_size(s->feed, NNG_OPT_RECVMAXSZ, b->max_msg)) != 0 ||
         (rv = nng_socket_set_ms(s->feed, NNG_OPT_RECVTIMEO, b->timeout_ms)) != 0 ||
         (rv = nng_socket_set(s->feed, NNG_OPT_SUB_SUBSCRIBE, prefix, s->plen)) != 0)

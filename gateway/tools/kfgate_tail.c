@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "buf.h"
 #include "envelope.h"
@@ -34,6 +35,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: kfgate-tail [--from SEQ] [--topic PREFIX] [--count N] [--feed URL]\n"
             "                   [--idle MS] [--replay URL] [--timeout MS] [--stats]\n"
+            "                   [--recvbuf N] [--slow-us US]\n"
             "  --from SEQ      replay from SEQ (1: everything kept), then follow;\n"
             "                  default: follow from now\n"
             "  --topic PREFIX  only topics starting with PREFIX (tenant/channel/instance)\n"
@@ -42,7 +44,10 @@ static void usage(FILE *f)
             "  --feed URL      default " KFG_BUS_DEFAULT_FEED "\n"
             "  --replay URL    default " KFG_BUS_DEFAULT_REPLAY "\n"
             "  --timeout MS    replay request timeout (default 5000)\n"
-            "  --stats         counters on stderr at exit\n");
+            "  --stats         counters on stderr at exit\n"
+            "  --recvbuf N     feed receive queue, messages (1..8192, default 1024)\n"
+            "  --slow-us US    sleep US microseconds after each record (tests: make\n"
+            "                  the feed queue overflow so gaps are filled by replay)\n");
 }
 
 static int64_t now_ms(void)
@@ -101,12 +106,14 @@ int main(int argc, char **argv)
         { "replay", required_argument, NULL, 'R' },
         { "timeout", required_argument, NULL, 'T' },
         { "stats", no_argument, NULL, 's' },
+        { "recvbuf", required_argument, NULL, 'B' },
+        { "slow-us", required_argument, NULL, 'S' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     struct kfg_bus_opts o = { 0 };
     const char *prefix = "";
-    uint64_t from = 0, count = 0, idle = 0, timeout = 0;
+    uint64_t from = 0, count = 0, idle = 0, timeout = 0, recvbuf = 0, slow_us = 0;
     int have_from = 0, want_stats = 0, c;
     while ((c = getopt_long(argc, argv, "f:t:n:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -132,6 +139,15 @@ int main(int argc, char **argv)
             o.request_timeout_ms = (int)timeout;
             break;
         case 's': want_stats = 1; break;
+        case 'B':
+            if (parse_u64(optarg, &recvbuf) < 0 || recvbuf == 0 || recvbuf > 8192)
+                goto bad;
+            o.recvbuf = (int)recvbuf;
+            break;
+        case 'S':
+            if (parse_u64(optarg, &slow_us) < 0 || slow_us > 10000000)
+                goto bad;
+            break;
         case 'h': usage(stdout); return 0;
         default: goto bad;
         }
@@ -192,6 +208,8 @@ int main(int argc, char **argv)
         }
         if (r.kind == KFG_BUS_RECORD)
             n++;
+        if (slow_us)
+            usleep((useconds_t)slow_us);
     }
     if (want_stats) {
         struct kfg_bus_stats st;

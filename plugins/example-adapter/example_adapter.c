@@ -2,7 +2,8 @@
  * example-adapter: the smallest complete kfgate channel adapter.
  *
  * Copy this directory to start a new adapter. It builds from
- * <kfgate/plugin.h> alone, links nothing of the gateway, and shows every
+ * the public headers <kfgate/plugin.h> and <kfgate/envelope.h> alone
+ * (header-only), links nothing of the gateway, and shows every
  * callback a channel adapter has:
  *
  *   init     read and check the instance's config keys, create metrics
@@ -30,6 +31,10 @@
  *        http://127.0.0.1:8080/example/        -> {"seq":1}
  *   curl 'http://127.0.0.1:8080/example/'     -> ok
  *
+ * An `Idempotency-Key` header (or, older clients, `X-Message-Id`) becomes
+ * the envelope's `idem`: a resend with the same key is answered with the
+ * original seq and not published again (spec/envelope.md section 5).
+ *
  * Threading, in one paragraph (the full rule is in plugin.h): init, start,
  * stop, destroy, health and deliver run on the control loop; the route
  * handlers run on whichever worker loop owns the connection, possibly on
@@ -38,6 +43,7 @@
  * counter below).
  */
 #include <kfgate/plugin.h>
+#include <kfgate/envelope.h>
 
 #include <limits.h>
 #include <stdatomic.h>
@@ -50,7 +56,6 @@
  * this file follows a rename in one edit. */
 #define F_CONVERSATION "conversation"
 #define F_SENDER "sender"
-#define F_IDEMPOTENCY "idempotency_key"
 
 /* How long a "delivery" takes. A real adapter would start an outbound call
  * (host->http_call) instead and finish in its completion; the timer only
@@ -388,7 +393,11 @@ static void on_post(void *ctx, struct kfg_request *req)
     struct kfg_str body = h->req_body(req);
     struct kfg_str conv = get_id(ex, req, "conversation", "X-Conversation", convbuf);
     struct kfg_str sender = get_id(ex, req, "sender", "X-Sender", senderbuf);
-    struct kfg_str msgid = h->req_header(req, "X-Message-Id");
+    /* REST convention first (spec/envelope.md section 5), then the older
+     * header this example used to read. */
+    struct kfg_str msgid = h->req_header(req, "Idempotency-Key");
+    if (!msgid.ptr || !msgid.len)
+        msgid = h->req_header(req, "X-Message-Id");
 
     const char *bad = NULL;
     int status = 400;
@@ -432,7 +441,7 @@ static void on_post(void *ctx, struct kfg_request *req)
     /* The channel's own message id makes redelivery idempotent: a client
      * that resends after a lost answer gets the same message, not a copy. */
     if (rc == KFG_OK && msgid.ptr && msgid.len)
-        rc = h->msg_set(m, F_IDEMPOTENCY, msgid.ptr, msgid.len);
+        rc = kfg_env_set_idem(h, m, msgid.ptr, msgid.len);
     if (rc == KFG_OK) {
         int part = h->msg_part_add(m, "text");   /* index, or an error */
         rc = part < 0 ? part : h->msg_part_set(m, (size_t)part, "text", body.ptr, body.len);

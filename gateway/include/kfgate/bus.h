@@ -62,6 +62,7 @@ struct kfg_bus_opts {
     int request_timeout_ms;      /* wait for a replay/outbound answer; 0: 5000 */
     uint32_t replay_max;         /* records asked per replay request; 0: 256 */
     size_t max_msg;              /* largest NNG message accepted; 0: 64 MiB */
+    int recvbuf;                 /* feed socket's NNG_OPT_RECVBUF, messages (1..8192); 0: 1024 */
 };
 
 struct kfg_bus;
