@@ -44,11 +44,16 @@ class Mismatch(Exception):
 
 
 def default_suite():
+    """$TOML_TEST_DIR, else the team's shared copy beside the checkout (the
+    suite is third-party data and is not copied into this repository)."""
     env = os.environ.get("TOML_TEST_DIR")
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "toml-test"
+    for cand in (repo.parent / "shared" / "toml-test", Path("/work/shared/toml-test")):
+        if (cand / "files-toml-1.0.0").is_file():
+            return cand
+    return None
 
 
 def nanos(frac):
@@ -169,6 +174,16 @@ def main():
     args = ap.parse_args()
 
     suite = args.suite or default_suite()
+    if suite is None:
+        # Only where no copy of the suite exists at all (a bare clone far
+        # from the shared folder): say so loudly rather than fail the build.
+        # KFG_REQUIRE_TOML_TEST=1 makes it an error.
+        msg = ("run_toml_test: SKIPPED: toml-test suite not found (set TOML_TEST_DIR or "
+               "put it at <repo>/../shared/toml-test)")
+        if os.environ.get("KFG_REQUIRE_TOML_TEST"):
+            sys.exit(msg)
+        print(msg, file=sys.stderr)
+        sys.exit(0)
     listing = suite / "files-toml-1.0.0"
     if not listing.is_file():
         sys.exit(f"run_toml_test: toml-test suite not found: {listing} does not exist "
