@@ -24,6 +24,12 @@ listen = "127.0.0.1:{port}"
 listen = ""
 [log]
 level = "warn"
+[journal]
+dir = "{tmp}/journal-{port}"
+[bus]
+feed = "ipc://{tmp}/feed-{port}"
+replay = "ipc://{tmp}/replay-{port}"
+outbound = "ipc://{tmp}/out-{port}"
 [[adapter]]
 type = "example"
 name = "bench"
