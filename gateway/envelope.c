@@ -115,15 +115,21 @@ struct ent {
     const struct kfg_field *f;      /* NULL: the parts array */
 };
 
+/* Keys are short: plain loops beat strcspn calls on this hot path (the
+ * encoder compares every pair of keys at each level). */
 static size_t seg_len(const char *s)
 {
-    return strcspn(s, ".");
+    const char *p = s;
+    while (*p && *p != '.')
+        p++;
+    return (size_t)(p - s);
 }
 
 static int same_seg(const char *a, const char *b)
 {
-    size_t n = seg_len(a);
-    return seg_len(b) == n && memcmp(a, b, n) == 0;
+    while (*a && *a != '.' && *a == *b)
+        a++, b++;
+    return (*a == '\0' || *a == '.') && (*b == '\0' || *b == '.');
 }
 
 /* Strict decimal integer, optional '-' (signed) ; 1 on success. */
