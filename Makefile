@@ -33,7 +33,7 @@ PLUGIN_DIRS := $(patsubst %/Makefile,%,$(wildcard adapters/*/Makefile plugins/*/
 DEPS_PKGS := gcc make clang libclang-rt-14-dev pkg-config libevent-dev \
              libcurl4-openssl-dev libssl-dev libxml2-dev libmsgpack-dev libnng-dev \
              libcmocka-dev libjansson-dev python3 python3-pytest python3-msgpack \
-             nng-utils curl
+             nng-utils python3-cryptography curl
 BENCH_PKGS := wrk nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -111,7 +111,10 @@ test-plugins:
 test-toml: $(BUILD)/kfgate-toml
 	$(PYTHON) conformance/toml/run_toml_test.py --bin $(BUILD)/kfgate-toml
 
+# The WeChat tests check our passive replies with a third-party library
+# (@wecom/crypto from the npm registry).
 test-conformance: all
+	cd conformance/wechat && npm install --no-audit --no-fund --silent
 	$(PYTHON) -m pytest -q conformance
 
 # A short bounded run of every harness on its seed corpus: catches regressions
@@ -122,11 +125,19 @@ fuzz-smoke: $(FUZZ_BIN)
 	    $$f -max_total_time=10 -print_final_stats=0 $(BUILD)/corpus/$$n gateway/fuzz-corpus/$$n \
 	        >$(BUILD)/fuzz/$$n.log 2>&1 || { tail -40 $(BUILD)/fuzz/$$n.log; exit 1; }; \
 	    echo "fuzz $$n: ok"; done
+	@set -e; for d in $(PLUGIN_DIRS); do \
+	    if grep -q '^fuzz-smoke:' $$d/Makefile; then \
+	        $(MAKE) --no-print-directory -C $$d fuzz-smoke OUT=$(CURDIR)/$(BUILD)/plugins KFGATE_INCLUDE=$(CURDIR)/gateway/include >$(BUILD)/fuzz/$$(basename $$d).log 2>&1 \
+	            || { tail -40 $(BUILD)/fuzz/$$(basename $$d).log; exit 1; }; \
+	        echo "fuzz $$d: ok"; fi; done
 
 fuzz: $(FUZZ_BIN)
 	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f _fuzz); \
 	    mkdir -p $(BUILD)/corpus/$$n; \
 	    $$f -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/$$n gateway/fuzz-corpus/$$n; done
+	@set -e; for d in $(PLUGIN_DIRS); do \
+	    if grep -q '^fuzz:' $$d/Makefile; then \
+	        $(MAKE) --no-print-directory -C $$d fuzz FUZZ_SECONDS=$(FUZZ_SECONDS) OUT=$(CURDIR)/$(BUILD)/plugins KFGATE_INCLUDE=$(CURDIR)/gateway/include; fi; done
 
 # The gateway in the foreground and kfgate-echo (the example core) beside
 # it, so a message POSTed to the example route comes back as "echo: ...".

@@ -115,7 +115,9 @@ def render_config(plugin_dir, http_port, admin_port, http=None, instances=(),
                   "", "[bus]",
                   "feed = %s" % toml_value("ipc://%s/feed.ipc" % workdir),
                   "replay = %s" % toml_value("ipc://%s/replay.ipc" % workdir),
-                  "outbound = %s" % toml_value("ipc://%s/outbound.ipc" % workdir), ""]
+                  "outbound = %s" % toml_value("ipc://%s/outbound.ipc" % workdir),
+                  # Every adapter under test must emit spec-valid envelopes.
+                  "validate_inbound = true", ""]
     lines.append(extra)
     for ins in instances:
         ins = dict(ins)

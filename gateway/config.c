@@ -490,7 +490,7 @@ int kfg_config_load_buf(const char *path, const char *src, size_t len,
     c->bus.batch_max = 32;
     c->bus.batch_bytes = 64u << 10;
     c->bus.batch_linger_us = 1000;
-    c->bus.validate_inbound = 1;
+    c->bus.validate_inbound = 0;
     c->bus.heartbeat_ms = 1000;
     c->bus.replay_max = 256;
     c->bus.replay_contexts = 8;

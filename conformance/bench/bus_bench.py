@@ -96,7 +96,11 @@ def raw_run(tmp, count, size):
     time.sleep(0.3)
     subprocess.run(["taskset", "-c", B.SERVER_CPU, f"{tmp}/nng_pubsub", "pub", url,
                     str(count), str(size)], check=True)
-    return parse(sub.communicate(timeout=120)[0].strip())
+    try:
+        return parse(sub.communicate(timeout=120)[0].strip())
+    except subprocess.TimeoutExpired:
+        sub.kill()
+        return {"rate": 0, "lost": count, "p50_ms": 0, "p99_ms": 0}
 
 
 def main():

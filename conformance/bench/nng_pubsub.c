@@ -110,7 +110,8 @@ int main(int argc, char **argv)
     printf("received=%ld lost=%ld rate=%.0f p50_ms=%.3f p99_ms=%.3f\n", got, count - got,
            secs > 0 ? (double)got / secs : 0, got ? (double)lat[got / 2] / 1e6 : 0,
            got ? (double)lat[(size_t)((double)got * 0.99)] / 1e6 : 0);
-    free(lat);
-    nng_close(s);
-    return 0;
+    fflush(stdout);
+    /* No nng_close: on Debian's 1.5.2 closing a socket whose peer still
+     * sends can hang (nng-notes.md); the process exit releases it. */
+    _exit(0);
 }
