@@ -89,8 +89,7 @@ void kfg_buf_printf(struct kfg_buf *b, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+size_t kfg_utf8_seq(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     size_t len;
@@ -149,7 +148,7 @@ void kfg_buf_json_str(struct kfg_buf *b, const char *s, size_t len)
             ubuf[4] = hex[c >> 4]; ubuf[5] = hex[c & 15]; ubuf[6] = '\0';
             esc = ubuf;
         } else if (c >= 0x80) {
-            step = utf8_seq(u + i, len - i);
+            step = kfg_utf8_seq(u + i, len - i);
             if (step == 0) {
                 esc = "\xef\xbf\xbd";
                 step = 1;

@@ -29,5 +29,8 @@ void kfg_buf_vprintf(struct kfg_buf *b, const char *fmt, va_list ap);
 /* JSON string literal with quotes; invalid UTF-8 bytes become U+FFFD. */
 void kfg_buf_json_str(struct kfg_buf *b, const char *s, size_t len);
 const char *kfg_buf_cstr(struct kfg_buf *b);           /* "" when empty */
+/* Length of the valid UTF-8 sequence at s (1..4, s holds n > 0 bytes), or
+ * 0 when it is not one: shared by every escaper. */
+size_t kfg_utf8_seq(const unsigned char *s, size_t n);
 
 #endif

@@ -120,38 +120,6 @@ static void force(struct line *l, const char *s, size_t n)
     l->len += n;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    unsigned cp = c & (0x3f >> (len - 1));
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
 
 /* The escapes of kfg_buf_json_str (so a JSON line matches what buf.c would
  * produce), written straight into the line so the stack buffer and the
@@ -185,7 +153,7 @@ static void put_escaped(struct line *l, const char *s, size_t n)
             ubuf[6] = '\0';
             esc = ubuf;
         } else if (c >= 0x80) {
-            step = utf8_seq(u + i, n - i);
+            step = kfg_utf8_seq(u + i, n - i);
             if (step == 0) {
                 esc = "\xef\xbf\xbd";   /* U+FFFD */
                 step = 1;
