@@ -380,6 +380,21 @@ static int encode_rec(void *arg, uint64_t seq, int64_t accepted_ms, struct kfg_b
 
 static void committed(void *arg, int result, uint64_t seq, int duplicate);
 
+/* A journal record is topic NUL envelope: decodes its envelope (no rules
+ * applied: the gateway wrote it). NULL when it does not decode. */
+static struct kfg_msg *record_msg(const void *payload, size_t len)
+{
+    const char *nul = memchr(payload, '\0', len);
+    struct kfg_msg *m = NULL;
+    char why[8];
+    if (!nul)
+        return NULL;
+    size_t off = (size_t)(nul + 1 - (const char *)payload);
+    if (kfg_env_decode((const char *)payload + off, len - off, 0, &m, why, sizeof why) != 0)
+        return NULL;
+    return m;
+}
+
 struct id_lookup {
     char *out;
     size_t cap;
@@ -392,13 +407,8 @@ static int id_of(void *arg, uint64_t seq, int64_t accepted_ms, const void *key, 
 {
     struct id_lookup *l = arg;
     (void)seq, (void)accepted_ms, (void)key, (void)keylen;
-    const char *nul = memchr(payload, '\0', len);
-    if (!nul)
-        return 0;
-    size_t off = (size_t)(nul + 1 - (const char *)payload);
-    struct kfg_msg *m = NULL;
-    char why[8];
-    if (kfg_env_decode((const char *)payload + off, len - off, 0, &m, why, sizeof why) == 0) {
+    struct kfg_msg *m = record_msg(payload, len);
+    if (m) {
         snprintf(l->out, l->cap, "%s", m->id);
         kfg_msg_free(m);
     }
@@ -1240,9 +1250,8 @@ static int scan_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *ke
     size_t elen = len - tl - 1;
     if (!memmem(env, elen, "\xa3" "dir" "\xa3" "out", 8))
         return 0;
-    struct kfg_msg *m = NULL;
-    char why[8];
-    if (kfg_env_decode(env, elen, 0, &m, why, sizeof why) != 0)
+    struct kfg_msg *m = record_msg(payload, len);
+    if (!m)
         return 0;
     if (strcmp(m->type, KFG_ENV_TYPE_STATUS) != 0) {
         undelivered_add(seq);
@@ -1261,11 +1270,8 @@ static int redeliver_rec(void *arg, uint64_t seq, int64_t accepted_ms, const voi
 {
     const struct undelivered *u = arg;
     (void)accepted_ms, (void)key, (void)keylen;
-    const char *nul = memchr(payload, '\0', len);
-    struct kfg_msg *m = NULL;
-    char why[8];
-    if (!nul || kfg_env_decode(nul + 1, len - (size_t)(nul + 1 - (const char *)payload), 0, &m,
-                               why, sizeof why) != 0)
+    struct kfg_msg *m = record_msg(payload, len);
+    if (!m)
         return 0;
     struct kfg_delivery *d = calloc(1, sizeof(*d));
     struct kfg_str tenant = kfg_msg_get(m, KFG_ENV_TENANT);
