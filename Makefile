@@ -33,7 +33,10 @@ PLUGIN_DIRS := $(patsubst %/Makefile,%,$(wildcard adapters/*/Makefile plugins/*/
 DEPS_PKGS := gcc make clang libclang-rt-14-dev pkg-config libevent-dev \
              libcurl4-openssl-dev libssl-dev libxml2-dev libmsgpack-dev libnng-dev \
              libcmocka-dev libjansson-dev python3 python3-pytest python3-msgpack \
-             nng-utils python3-cryptography curl
+             nng-utils python3-cryptography curl \
+             python3-zeep python3-lxml python3-requests \
+             libwslay-dev python3-websockets chromium \
+             libmosquitto-dev mosquitto mosquitto-clients python3-paho-mqtt
 BENCH_PKGS := wrk nginx-light
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

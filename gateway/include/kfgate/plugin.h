@@ -54,7 +54,7 @@ extern "C" {
 #endif
 
 #define KFG_ABI_MAJOR 1
-#define KFG_ABI_MINOR 0
+#define KFG_ABI_MINOR 1
 
 /* The exported descriptor's symbol name. */
 #define KFG_PLUGIN_SYMBOL "kfg_plugin_descriptor"
@@ -181,6 +181,52 @@ typedef void (*kfg_http_done)(void *arg, int result, int status,
  * KFG_EDROPPED (a filter dropped it; `reason` says why), or an error. */
 typedef void (*kfg_emit_done)(void *arg, int result, uint64_t seq,
                               const char *reason);
+
+/* ABI 1.1. What an emit2 completion reports; borrowed for the call. */
+struct kfg_emit_result {
+    int result;              /* as for kfg_emit_done */
+    uint64_t seq;            /* journal sequence (the original's when duplicate) */
+    const char *id;          /* envelope id (the original's when duplicate);
+                                NULL unless result is KFG_OK */
+    int duplicate;           /* 1: the idempotency key was seen in the window;
+                                nothing new was journaled or published */
+    const char *reason;      /* KFG_EDROPPED or an error: why; else NULL */
+};
+typedef void (*kfg_emit_done2)(void *arg, const struct kfg_emit_result *r);
+
+/* ABI 1.1. A response as http_call2 reports it; everything is borrowed for
+ * the call. Header names are as received (compare case-insensitively); only
+ * the final response's headers are listed (not those of a 100 or a redirect). */
+struct kfg_http_response {
+    int result;              /* KFG_OK when a response arrived (any status),
+                                else KFG_ETIMEDOUT / KFG_EFAIL */
+    int status;
+    struct kfg_str body;
+    const char *error;       /* NULL when result is KFG_OK */
+    size_t nheaders;
+    const struct kfg_str *header_names;
+    const struct kfg_str *header_values;
+    uint64_t elapsed_us;     /* from the call to the end of the response */
+};
+typedef void (*kfg_http_done2)(void *arg, const struct kfg_http_response *r);
+
+/* ABI 1.1. Replay from the journal (see host->replay). */
+#define KFG_REPLAY_IN 0x1u       /* inbound records */
+#define KFG_REPLAY_OUT 0x2u      /* outbound records (not status receipts) */
+struct kfg_replay_query {
+    uint64_t from_seq;           /* first sequence to consider */
+    uint32_t max;                /* most records passed to `each`; 0 = 1000 */
+    uint32_t directions;         /* KFG_REPLAY_IN | KFG_REPLAY_OUT; 0 = both */
+    const char *conversation;    /* only records whose conversation.id equals
+                                    this; NULL = every conversation */
+};
+/* One record: m is borrowed for the call (read it with msg_get*). Return 0
+ * to go on, anything else to stop early. */
+typedef int (*kfg_replay_each)(void *arg, uint64_t seq, const struct kfg_msg *m);
+/* The end: result KFG_OK (or an error), `next` the sequence to continue from
+ * (last examined + 1), `more` 1 when it stopped at `max` or at `each`'s
+ * request before the end of the journal. */
+typedef void (*kfg_replay_done)(void *arg, int result, uint64_t next, int more);
 
 /* ---------------------------------------------------------------------------
  * The host API table, passed to init; valid until destroy returns.
@@ -327,6 +373,39 @@ struct kfg_host {
     /* An instance whose stop returned KFG_AGAIN calls this, on the control
      * loop, once its own in-flight work is finished. */
     void (*stopped)(struct kfg_instance *ins);
+
+    /* ---- ABI 1.1: check host->abi_minor >= 1 before calling these. ---- */
+
+    /* Integer or unsigned field ("seq", "ts.accepted", msg_set_int values):
+     * KFG_OK with *out set, or KFG_ENOTFOUND when absent or not a number. */
+    int (*msg_get_int)(const struct kfg_msg *m, const char *key, int64_t *out);
+
+    /* emit with a completion that also says the envelope id and whether the
+     * message was a duplicate; otherwise exactly emit. */
+    int (*emit2)(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done2 done,
+                 void *arg);
+
+    /* http_call whose completion carries the response headers. */
+    int (*http_call2)(struct kfg_instance *ins, const struct kfg_http_call *call,
+                      kfg_http_done2 done, void *arg);
+
+    /* delivered with a hint: for KFG_RETRY, retry_after_ms > 0 asks for the
+     * next attempt no sooner than that (a channel's Retry-After); the host
+     * waits max(hint, its own backoff) but never past the message's
+     * deadline. 0 = the host's backoff alone. */
+    void (*delivered2)(struct kfg_delivery *d, int result, const char *channel_code,
+                       const char *detail, uint64_t retry_after_ms);
+
+    /* Which attempt this delivery is: 1 for the first. */
+    unsigned (*delivery_attempt)(const struct kfg_delivery *d);
+
+    /* Read this instance's own records back from the journal (its topic,
+     * committed records only), in sequence order, off the loop's thread:
+     * each and done run later on the calling loop. Returns KFG_OK (done will
+     * be called exactly once) or an error. This is how a channel resumes a
+     * client that missed outbound messages. */
+    int (*replay)(struct kfg_instance *ins, const struct kfg_replay_query *q,
+                  kfg_replay_each each, kfg_replay_done done, void *arg);
 
     void *reserved[16];
 };
