@@ -318,7 +318,8 @@ struct pend {
     char id[40];
     /* P_EMIT */
     struct kfg_instance *ins;
-    kfg_emit_done done;
+    kfg_emit_done done;          /* one of done, done2 */
+    kfg_emit_done2 done2;
     void *arg;
     struct kfg_loop *loop;
     /* P_OUT */
@@ -447,11 +448,23 @@ static int append(struct pend *p, struct kfg_msg *m)
 static void emit_complete(void *arg)
 {
     struct pend *p = arg;
-    p->done(p->arg, p->result, p->seq, NULL);
+    if (p->done2) {
+        struct kfg_emit_result r = {
+            .result = p->result,
+            .seq = p->seq,
+            .id = p->result == KFG_OK && p->id[0] ? p->id : NULL,
+            .duplicate = p->duplicate,
+            .reason = p->result == KFG_OK ? NULL : "the journal could not store it",
+        };
+        p->done2(p->arg, &r);
+    } else {
+        p->done(p->arg, p->result, p->seq, NULL);
+    }
     pend_free(p);
 }
 
-int kfg_busd_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, void *arg)
+int kfg_busd_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done,
+                  kfg_emit_done2 done2, void *arg)
 {
     struct kfg_loop *loop = kfg_loop_current();
     if (!B.j || atomic_load(&B.stopping))
@@ -473,6 +486,7 @@ int kfg_busd_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done don
     }
     p->ins = ins;
     p->done = done;
+    p->done2 = done2;
     p->arg = arg;
     p->loop = loop;
     kfg_instance_ref(ins);
@@ -602,6 +616,15 @@ static void delivery_free(struct kfg_delivery *d)
     free(d);
 }
 
+/* The envelope's deadline (ms since the epoch), 0 = none. */
+static int64_t delivery_deadline(const struct kfg_delivery *d)
+{
+    struct kfg_str dl = kfg_msg_get(d->m, KFG_ENV_DEADLINE);
+    const struct kfg_field *dlf = kfg_msg_field(d->m, KFG_ENV_DEADLINE);
+    return dlf && (dlf->type == KFG_F_INT || dlf->type == KFG_F_UINT) ? dlf->ival
+           : dl.ptr ? strtoll(dl.ptr, NULL, 10) : 0;
+}
+
 static void retry_fire(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
@@ -626,10 +649,7 @@ static void delivery_attempt(struct kfg_delivery *d)
         delivery_free(d);
         return;
     }
-    struct kfg_str dl = kfg_msg_get(d->m, KFG_ENV_DEADLINE);
-    const struct kfg_field *dlf = kfg_msg_field(d->m, KFG_ENV_DEADLINE);
-    int64_t deadline = dlf && (dlf->type == KFG_F_INT || dlf->type == KFG_F_UINT) ? dlf->ival
-                       : dl.ptr ? strtoll(dl.ptr, NULL, 10) : 0;
+    int64_t deadline = delivery_deadline(d);
     if (deadline > 0 && now_ms() > deadline) {
         d->m->tenant = d->tenant;
         d->m->channel = d->channel;
@@ -654,6 +674,17 @@ static void delivery_attempt(struct kfg_delivery *d)
 void kfg_busd_delivered(struct kfg_delivery *d, int result, const char *channel_code,
                        const char *detail)
 {
+    kfg_busd_delivered2(d, result, channel_code, detail, 0);
+}
+
+unsigned kfg_busd_delivery_attempt(const struct kfg_delivery *d)
+{
+    return d ? d->attempt : 0;
+}
+
+void kfg_busd_delivered2(struct kfg_delivery *d, int result, const char *channel_code,
+                         const char *detail, uint64_t retry_after_ms)
+{
     if (!d || d->finished)
         return;
     d->finished = 1;
@@ -675,6 +706,21 @@ void kfg_busd_delivered(struct kfg_delivery *d, int result, const char *channel_
         if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
             rnd = (uint32_t)now_ms();
         uint64_t ms = cap / 2 + (cap / 2 ? rnd % (cap / 2 + 1) : 0);
+        /* The channel's own Retry-After wins over a shorter backoff, but a
+         * wait past the deadline would only end in "expired": fail now. */
+        if (retry_after_ms > ms)
+            ms = retry_after_ms;
+        int64_t deadline = delivery_deadline(d);
+        if (deadline > 0 && now_ms() + (int64_t)ms > deadline) {
+            kfg_log(KFG_LOG_WARN, ins->name, NULL,
+                    "delivery of %s failed (attempt %u, code %s: %s); the next attempt "
+                    "would fall after its deadline", d->id, d->attempt,
+                    channel_code ? channel_code : "-", detail ? detail : "-");
+            receipt(d, KFG_ENV_STATUS_FAILED, "expired",
+                    "the envelope's deadline falls before the next attempt", 0);
+            delivery_free(d);
+            return;
+        }
         kfg_log(KFG_LOG_WARN, ins->name, NULL,
                 "delivery of %s failed (attempt %u, code %s: %s); retrying in %llu ms", d->id,
                 d->attempt, channel_code ? channel_code : "-", detail ? detail : "-",
@@ -752,7 +798,7 @@ static void committed(void *arg, int result, uint64_t seq, int duplicate)
         kfg_metric_observe(B.m_commit, mono_s() - p->t0);
     } else if (duplicate) {
         kfg_metric_add(B.m_dup, 1);
-        if (p->kind == P_OUT)
+        if (p->kind == P_OUT || (p->kind == P_EMIT && p->done2))
             original_id(seq, p->id, sizeof p->id);
     }
     /* With no linger, a batch goes out as soon as the newest record is
@@ -936,6 +982,211 @@ void kfg_busd_submit(const void *envelope, size_t len, unsigned max_attempts,
         return;
     }
     admit(a);
+}
+
+/* ------------------------------------------------------------------------ */
+/* host->replay: an instance reads its own records back (a channel resuming
+ * a client). Journal reads may touch the disk, so they run on one replay
+ * thread, never on a loop; results hop back to the caller's loop. One thread
+ * keeps a reconnect storm from becoming a thread storm: jobs queue. */
+
+#define HREPLAY_DEFAULT_MAX 1000u
+#define HREPLAY_MAX 100000u
+#define HREPLAY_SCAN_MAX 1000000u    /* records examined per job */
+
+struct hreplay {
+    struct hreplay *next;
+    struct kfg_instance *ins;
+    struct kfg_loop *loop;
+    struct topic *t;
+    uint64_t from, next_seq;
+    uint32_t max, dirs, scanned;
+    char *conv;
+    kfg_replay_each each;
+    kfg_replay_done done;
+    void *arg;
+    int result, more;
+    struct kfg_msg **msgs;
+    uint64_t *seqs;
+    size_t n;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t th;
+    int started, quit;
+    struct hreplay *head, **tail;
+} HR = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+
+static void hreplay_free(struct hreplay *h)
+{
+    for (size_t i = 0; i < h->n; i++)
+        kfg_msg_free(h->msgs[i]);
+    free(h->msgs);
+    free(h->seqs);
+    free(h->conv);
+    kfg_instance_unref(h->ins);
+    free(h);
+}
+
+/* On the caller's loop. */
+static void hreplay_deliver(void *arg)
+{
+    struct hreplay *h = arg;
+    size_t i = 0;
+    for (; i < h->n; i++)
+        if (h->each(h->arg, h->seqs[i], h->msgs[i]) != 0)
+            break;
+    uint64_t next = h->next_seq;
+    int more = h->more;
+    if (i < h->n) {
+        next = h->seqs[i] + 1;
+        more = 1;
+    }
+    h->done(h->arg, h->result, next, more);
+    hreplay_free(h);
+}
+
+static int hreplay_rec(void *arg, uint64_t seq, int64_t accepted_ms, const void *key,
+                       size_t keylen, const void *payload, size_t len)
+{
+    struct hreplay *h = arg;
+    (void)accepted_ms, (void)key, (void)keylen;
+    h->next_seq = seq + 1;
+    if (++h->scanned >= HREPLAY_SCAN_MAX)
+        h->more = 1;
+    const char *p = payload, *nul = memchr(p, '\0', len);
+    if (!nul || (size_t)(nul - p) != h->t->len || memcmp(p, h->t->name, h->t->len) != 0)
+        return h->more;
+    struct kfg_msg *m = record_msg(payload, len);
+    if (!m)
+        return h->more;
+    struct kfg_str dir = kfg_msg_get(m, KFG_ENV_DIR);
+    int out = dir.len == 3 && memcmp(dir.ptr, "out", 3) == 0;
+    int status = strcmp(m->type, KFG_ENV_TYPE_STATUS) == 0;
+    int keep = !status && (h->dirs & (out ? KFG_REPLAY_OUT : KFG_REPLAY_IN));
+    if (keep && h->conv) {
+        struct kfg_str c = kfg_msg_get(m, "conversation.id");
+        keep = c.ptr && c.len == strlen(h->conv) && memcmp(c.ptr, h->conv, c.len) == 0;
+    }
+    if (!keep) {
+        kfg_msg_free(m);
+        return h->more;
+    }
+    h->msgs[h->n] = m;
+    h->seqs[h->n] = seq;
+    if (++h->n >= h->max) {
+        h->more = 1;
+        return 1;
+    }
+    return h->more;
+}
+
+static void *hreplay_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&HR.mu);
+    for (;;) {
+        while (!HR.head && !HR.quit)
+            pthread_cond_wait(&HR.cv, &HR.mu);
+        struct hreplay *h = HR.head;
+        if (!h)
+            break;
+        HR.head = h->next;
+        if (!HR.head)
+            HR.tail = &HR.head;
+        pthread_mutex_unlock(&HR.mu);
+        h->next_seq = h->from;
+        if (HR.quit) {
+            h->result = KFG_ESTOPPED;
+        } else {
+            int r = kfg_journal_read(B.j, h->from, 0, hreplay_rec, h);
+            h->result = r < 0 ? r : KFG_OK;
+            /* A stop at the end of what is committed is not "more". */
+            if (h->more && h->next_seq > kfg_journal_committed_seq(B.j))
+                h->more = 0;
+        }
+        if (kfg_loop_post(h->loop, hreplay_deliver, h) < 0)
+            hreplay_free(h);
+        pthread_mutex_lock(&HR.mu);
+    }
+    pthread_mutex_unlock(&HR.mu);
+    return NULL;
+}
+
+int kfg_busd_replay(struct kfg_instance *ins, const struct kfg_replay_query *q,
+                    kfg_replay_each each, kfg_replay_done done, void *arg)
+{
+    struct kfg_loop *loop = kfg_loop_current();
+    if (!ins || !q || !each || !done || !loop)
+        return KFG_EINVAL;
+    if (!B.j || atomic_load(&B.stopping))
+        return KFG_ESTOPPED;
+    struct topic *t = __atomic_load_n((struct topic **)&ins->bus_topic, __ATOMIC_ACQUIRE);
+    if (!t) {
+        t = topic_for(ins->tenant, ins->plugin->name, ins->name);
+        __atomic_store_n((struct topic **)&ins->bus_topic, t, __ATOMIC_RELEASE);
+    }
+    struct hreplay *h = calloc(1, sizeof(*h));
+    if (!t || !h) {
+        free(h);
+        return t ? KFG_ENOMEM : KFG_EINVAL;
+    }
+    h->t = t;
+    h->loop = loop;
+    h->from = q->from_seq ? q->from_seq : 1;
+    h->max = q->max ? (q->max > HREPLAY_MAX ? HREPLAY_MAX : q->max) : HREPLAY_DEFAULT_MAX;
+    h->dirs = q->directions ? q->directions : KFG_REPLAY_IN | KFG_REPLAY_OUT;
+    h->each = each;
+    h->done = done;
+    h->arg = arg;
+    h->msgs = malloc(h->max * sizeof(*h->msgs));
+    h->seqs = malloc(h->max * sizeof(*h->seqs));
+    if (q->conversation)
+        h->conv = strdup(q->conversation);
+    h->ins = ins;
+    kfg_instance_ref(ins);
+    if (!h->msgs || !h->seqs || (q->conversation && !h->conv)) {
+        hreplay_free(h);
+        return KFG_ENOMEM;
+    }
+    pthread_mutex_lock(&HR.mu);
+    int r = KFG_OK;
+    if (HR.quit) {
+        r = KFG_ESTOPPED;
+    } else if (!HR.started) {
+        HR.tail = &HR.head;
+        if (pthread_create(&HR.th, NULL, hreplay_main, NULL) != 0)
+            r = KFG_ENOMEM;
+        else
+            HR.started = 1;
+    }
+    if (r == KFG_OK) {
+        *HR.tail = h;
+        HR.tail = &h->next;
+        pthread_cond_signal(&HR.cv);
+    }
+    pthread_mutex_unlock(&HR.mu);
+    if (r != KFG_OK)
+        hreplay_free(h);
+    return r;
+}
+
+/* Before the journal closes: queued jobs finish with KFG_ESTOPPED. */
+static void hreplay_stop(void)
+{
+    pthread_mutex_lock(&HR.mu);
+    HR.quit = 1;
+    int started = HR.started;
+    pthread_cond_broadcast(&HR.cv);
+    pthread_mutex_unlock(&HR.mu);
+    if (started)
+        pthread_join(HR.th, NULL);
+    pthread_mutex_lock(&HR.mu);
+    HR.started = 0;
+    HR.quit = 0;
+    pthread_mutex_unlock(&HR.mu);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1477,6 +1728,7 @@ void kfg_busd_stop(struct kfg_gateway *gw)
     if (B.have_replay)
         nng_close(B.replay);
     B.have_out = B.have_replay = 0;
+    hreplay_stop();
     if (B.j) {
         kfg_journal_close(B.j);
         B.j = NULL;

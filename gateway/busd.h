@@ -39,11 +39,18 @@ void kfg_busd_stop(struct kfg_gateway *gw);
  * idempotency key), publish, then done on the calling loop. Takes m on
  * KFG_OK. KFG_AGAIN: over the journal's queue limit. */
 int kfg_busd_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done,
-                 void *arg);
+                  kfg_emit_done2 done2, void *arg);   /* one of done, done2 */
 
-/* host->delivered. */
+/* host->delivered, delivered2 and delivery_attempt. */
 void kfg_busd_delivered(struct kfg_delivery *d, int result, const char *channel_code,
                        const char *detail);
+void kfg_busd_delivered2(struct kfg_delivery *d, int result, const char *channel_code,
+                         const char *detail, uint64_t retry_after_ms);
+unsigned kfg_busd_delivery_attempt(const struct kfg_delivery *d);
+
+/* host->replay: reads on the replay thread, answers on the calling loop. */
+int kfg_busd_replay(struct kfg_instance *ins, const struct kfg_replay_query *q,
+                    kfg_replay_each each, kfg_replay_done done, void *arg);
 
 /* An outbound envelope from inside the gateway (POST /admin/deliver): the
  * same path as one from the outbound endpoint, with at most max_attempts

@@ -303,6 +303,42 @@ static int h_http_call(struct kfg_instance *ins, const struct kfg_http_call *cal
     return r;
 }
 
+struct call2 {
+    struct kfg_instance *ins;
+    kfg_http_done2 done;
+    void *arg;
+};
+
+static void call2_done(void *arg, const struct kfg_http_response *r)
+{
+    struct call2 *c = arg;
+    c->done(c->arg, r);
+    kfg_instance_unref(c->ins);
+    free(c);
+}
+
+static int h_http_call2(struct kfg_instance *ins, const struct kfg_http_call *call,
+                        kfg_http_done2 done, void *arg)
+{
+    struct kfg_loop *loop = kfg_loop_current();
+    if (!loop || !call || !done)
+        return KFG_EINVAL;
+    struct kfg_httpc *hc = kfg_loop_httpc(loop);
+    struct call2 *c = malloc(sizeof(*c));
+    if (!hc || !c) {
+        free(c);
+        return KFG_ENOMEM;
+    }
+    *c = (struct call2){ ins, done, arg };
+    kfg_instance_ref(ins);
+    int r = kfg_httpc_call2(hc, ins, call, call2_done, c);
+    if (r != KFG_OK) {
+        kfg_instance_unref(ins);
+        free(c);
+    }
+    return r;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Messages */
 
@@ -317,6 +353,7 @@ static struct kfg_msg *h_msg_new(struct kfg_instance *ins, const char *type)
 struct emit_done {
     struct kfg_instance *ins;
     kfg_emit_done done;
+    kfg_emit_done2 done2;
     void *arg;
     char reason[160];
 };
@@ -326,15 +363,21 @@ struct emit_done {
 static void emit_dropped(void *arg)
 {
     struct emit_done *e = arg;
-    e->done(e->arg, KFG_EDROPPED, 0, e->reason);
+    if (e->done2) {
+        struct kfg_emit_result r = { .result = KFG_EDROPPED, .reason = e->reason };
+        e->done2(e->arg, &r);
+    } else {
+        e->done(e->arg, KFG_EDROPPED, 0, e->reason);
+    }
     kfg_instance_unref(e->ins);
     free(e);
 }
 
-int kfg_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, void *arg)
+static int emit_any(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done,
+                    kfg_emit_done2 done2, void *arg)
 {
     struct kfg_loop *loop = kfg_loop_current();
-    if (!ins || !m || !done || !loop)
+    if (!ins || !m || !(done || done2) || !loop)
         return KFG_EINVAL;
     char reason[160];
     const struct kfg_chain *chain = kfg_chain_current();
@@ -355,6 +398,7 @@ int kfg_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, vo
             memcpy(e->reason, reason, sizeof(reason));
             e->ins = ins;
             e->done = done;
+            e->done2 = done2;
             e->arg = arg;
             kfg_instance_ref(ins);
             if (kfg_loop_post(loop, emit_dropped, e) < 0) {
@@ -372,9 +416,19 @@ int kfg_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, vo
         kfg_metric_add(ins->m_rejected, 1);
         return KFG_EFAIL;
     }
-    int r = kfg_busd_emit(ins, m, done, arg);
+    int r = kfg_busd_emit(ins, m, done, done2, arg);
     kfg_metric_add(r == KFG_OK ? ins->m_emitted : ins->m_rejected, 1);
     return r;
+}
+
+int kfg_emit(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done done, void *arg)
+{
+    return done ? emit_any(ins, m, done, NULL, arg) : KFG_EINVAL;
+}
+
+static int h_emit2(struct kfg_instance *ins, struct kfg_msg *m, kfg_emit_done2 done, void *arg)
+{
+    return done ? emit_any(ins, m, NULL, done, arg) : KFG_EINVAL;
 }
 
 
@@ -436,6 +490,12 @@ static const struct kfg_host host = {
     .emit = kfg_emit,
     .delivered = kfg_busd_delivered,
     .stopped = h_stopped,
+    .msg_get_int = kfg_msg_get_int,
+    .emit2 = h_emit2,
+    .http_call2 = h_http_call2,
+    .delivered2 = kfg_busd_delivered2,
+    .delivery_attempt = kfg_busd_delivery_attempt,
+    .replay = kfg_busd_replay,
 };
 
 const struct kfg_host *kfg_host_table(void)

@@ -18,11 +18,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define DEF_TIMEOUT_MS 10000u
 #define DEF_CONNECT_TIMEOUT_MS 3000u
 #define DEF_MAX_RESPONSE ((size_t)4 << 20)
 #define DEF_MAX_INFLIGHT 1024u
+/* Response headers kept for http_call2: enough for any API's rate-limit and
+ * tracing headers; beyond it the rest are skipped, the call still succeeds. */
+#define MAX_RESP_HEADERS 64u
+#define MAX_RESP_HEADER_BYTES 16384u
 
 /* One socket curl asked us to watch. Listed so that sockets curl never
  * reported as removed are still freed with the client. */
@@ -35,9 +40,14 @@ struct call {
     struct call *prev, *next;
     CURL *easy;
     const void *owner;
-    kfg_http_done done;
+    kfg_http_done done;             /* one of done, done2 */
+    kfg_http_done2 done2;
     void *arg;
     struct curl_slist *headers;
+    struct timespec t0;
+    /* done2 only: the final response's header lines, "name\0value\0"... */
+    char *hdr;
+    size_t hdr_len, nhdr;
     char *resp;                     /* NUL-terminated for convenience */
     size_t resp_len, resp_cap, resp_max;
     int too_large;
@@ -73,6 +83,7 @@ static void call_free(struct call *k)
     if (k->easy)
         curl_easy_cleanup(k->easy);
     curl_slist_free_all(k->headers);
+    free(k->hdr);
     free(k->resp);
     free(k);
 }
@@ -124,7 +135,36 @@ static void complete(struct kfg_httpc *c, struct call *k, CURLcode code)
     /* Detached before done runs: done may cancel owners, start calls or
      * free the client, and none of that may find this call. */
     detach(c, k);
-    k->done(k->arg, result, (int)status, body, err);
+    if (!k->done2) {
+        k->done(k->arg, result, (int)status, body, err);
+        call_free(k);
+        return;
+    }
+    struct kfg_str names[MAX_RESP_HEADERS], values[MAX_RESP_HEADERS];
+    size_t n = 0;
+    for (size_t at = 0; at < k->hdr_len && n < k->nhdr;) {
+        names[n].ptr = k->hdr + at;
+        names[n].len = strlen(k->hdr + at);
+        at += names[n].len + 1;
+        values[n].ptr = k->hdr + at;
+        values[n].len = strlen(k->hdr + at);
+        at += values[n].len + 1;
+        n++;
+    }
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    struct kfg_http_response r = {
+        .result = result,
+        .status = (int)status,
+        .body = body,
+        .error = err,
+        .nheaders = n,
+        .header_names = names,
+        .header_values = values,
+        .elapsed_us = (uint64_t)((t1.tv_sec - k->t0.tv_sec) * 1000000LL +
+                                 (t1.tv_nsec - k->t0.tv_nsec) / 1000),
+    };
+    k->done2(k->arg, &r);
     call_free(k);
 }
 
@@ -253,6 +293,43 @@ static size_t on_body(char *data, size_t size, size_t n, void *userp)
     return len;
 }
 
+/* One header line of the response (curl passes each, with its CRLF). A new
+ * status line starts over, so only the final response's headers remain
+ * (not those of a 100 Continue or of a redirect). */
+static size_t on_header(char *data, size_t size, size_t n, void *userp)
+{
+    struct call *k = userp;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        k->hdr_len = k->nhdr = 0;
+        return len;
+    }
+    const char *colon = memchr(data, ':', len);
+    if (!colon || colon == data || k->nhdr >= MAX_RESP_HEADERS)
+        return len;
+    size_t nl = (size_t)(colon - data);
+    const char *v = colon + 1, *end = data + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    size_t vl = (size_t)(end - v);
+    if (memchr(data, '\0', nl) || memchr(v, '\0', vl))
+        return len;     /* would cut the name/value list short */
+    if (k->hdr_len + nl + vl + 2 > MAX_RESP_HEADER_BYTES)
+        return len;
+    if (!k->hdr && !(k->hdr = malloc(MAX_RESP_HEADER_BYTES)))
+        return len;
+    memcpy(k->hdr + k->hdr_len, data, nl);
+    k->hdr[k->hdr_len + nl] = '\0';
+    k->hdr_len += nl + 1;
+    memcpy(k->hdr + k->hdr_len, v, vl);
+    k->hdr[k->hdr_len + vl] = '\0';
+    k->hdr_len += vl + 1;
+    k->nhdr++;
+    return len;
+}
+
 /* The method goes into the request line verbatim, so it must be a token. */
 static int method_ok(const char *m)
 {
@@ -302,6 +379,8 @@ static int setup(struct call *k, const struct kfg_http_call *call,
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) ||
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) ||
         curl_easy_setopt(e, CURLOPT_WRITEDATA, k) ||
+        (k->done2 && (curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) ||
+                      curl_easy_setopt(e, CURLOPT_HEADERDATA, k))) ||
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout) ||
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)lim->connect_timeout_ms) ||
@@ -395,14 +474,14 @@ void kfg_httpc_free(struct kfg_httpc *c)
         destroy(c);
 }
 
-int kfg_httpc_call(struct kfg_httpc *c, const void *owner,
-                   const struct kfg_http_call *call, kfg_http_done done,
-                   void *arg)
+static int start_call(struct kfg_httpc *c, const void *owner,
+                      const struct kfg_http_call *call, kfg_http_done done,
+                      kfg_http_done2 done2, void *arg)
 {
     struct call *k;
     int rc;
 
-    if (!c || !call || !call->url || !done || (call->body_len && !call->body))
+    if (!c || !call || !call->url || !(done || done2) || (call->body_len && !call->body))
         return KFG_EINVAL;
     if (c->dying)
         return KFG_ESTOPPED;
@@ -412,7 +491,9 @@ int kfg_httpc_call(struct kfg_httpc *c, const void *owner,
         return KFG_ENOMEM;
     k->owner = owner;
     k->done = done;
+    k->done2 = done2;
     k->arg = arg;
+    clock_gettime(CLOCK_MONOTONIC, &k->t0);
     k->resp_max = c->lim.max_response_bytes;
     if ((rc = setup(k, call, &c->lim)) != KFG_OK) {
         call_free(k);
@@ -428,6 +509,20 @@ int kfg_httpc_call(struct kfg_httpc *c, const void *owner,
     c->calls = k;
     c->inflight++;
     return KFG_OK;
+}
+
+int kfg_httpc_call(struct kfg_httpc *c, const void *owner,
+                   const struct kfg_http_call *call, kfg_http_done done,
+                   void *arg)
+{
+    return done ? start_call(c, owner, call, done, NULL, arg) : KFG_EINVAL;
+}
+
+int kfg_httpc_call2(struct kfg_httpc *c, const void *owner,
+                    const struct kfg_http_call *call, kfg_http_done2 done,
+                    void *arg)
+{
+    return done ? start_call(c, owner, call, NULL, done, arg) : KFG_EINVAL;
 }
 
 void kfg_httpc_cancel_owner(struct kfg_httpc *c, const void *owner)

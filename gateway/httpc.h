@@ -34,6 +34,11 @@ void kfg_httpc_free(struct kfg_httpc *c);
 int kfg_httpc_call(struct kfg_httpc *c, const void *owner,
                    const struct kfg_http_call *call, kfg_http_done done,
                    void *arg);
+/* The same with the ABI 1.1 completion (struct kfg_http_response: the
+ * final response's headers and the elapsed time). */
+int kfg_httpc_call2(struct kfg_httpc *c, const void *owner,
+                    const struct kfg_http_call *call, kfg_http_done2 done,
+                    void *arg);
 /* Cancels the calls started with this owner, without callbacks. */
 void kfg_httpc_cancel_owner(struct kfg_httpc *c, const void *owner);
 unsigned kfg_httpc_inflight(const struct kfg_httpc *c);

@@ -280,6 +280,25 @@ struct kfg_str kfg_msg_get(const struct kfg_msg *m, const char *key)
     return field_get(m->fields, m->nfields, kfg_msg_canon_key(key));
 }
 
+int kfg_msg_get_int(const struct kfg_msg *m, const char *key, int64_t *out)
+{
+    if (!m || !key || !out)
+        return KFG_EINVAL;
+    if (strcmp(key, "seq") == 0 && m->seq) {
+        *out = (int64_t)m->seq;
+        return KFG_OK;
+    }
+    if (strcmp(key, "ts.accepted") == 0 && m->accepted_ms) {
+        *out = m->accepted_ms;
+        return KFG_OK;
+    }
+    const struct kfg_field *f = kfg_msg_field(m, key);
+    if (!f || (f->type != KFG_F_INT && f->type != KFG_F_UINT))
+        return KFG_ENOTFOUND;
+    *out = f->ival;
+    return KFG_OK;
+}
+
 int kfg_msg_part_add(struct kfg_msg *m, const char *kind)
 {
     if (!m || !kind || !*kind)

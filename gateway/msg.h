@@ -84,6 +84,9 @@ int kfg_msg_set_raw(struct kfg_msg *m, const char *key, const void *mp, size_t l
 /* String value of a STR field (or of id/type/tenant/channel/instance), ptr
  * NULL when absent or of another type. */
 struct kfg_str kfg_msg_get(const struct kfg_msg *m, const char *key);
+/* host->msg_get_int: integer fields, including the host's seq and
+ * ts.accepted. KFG_ENOTFOUND when absent or not an integer. */
+int kfg_msg_get_int(const struct kfg_msg *m, const char *key, int64_t *out);
 /* Any field by key (aliases applied), NULL when absent. Not for the
  * struct-backed keys (id, seq, type, tenant, channel, instance). */
 const struct kfg_field *kfg_msg_field(const struct kfg_msg *m, const char *key);
