@@ -13,6 +13,7 @@
  *                 and its mapping onto envelope keys (native schema and
  *                 configured foreign schemas), problem documents (RFC 9457)
  *   rest_store.c  bounded, locked maps: idempotency keys and status records
+ *   rest_http.c   Retry-After (seconds or HTTP-date) of webhook answers
  */
 #ifndef KFGATE_REST_H
 #define KFGATE_REST_H
@@ -238,6 +239,28 @@ int rest_status_add(struct rest_status *s, const char *id, const char *dir,
                     const char *detail, int64_t at_ms, int64_t *first_ms);
 /* The record as a JSON object (caller json_decref), or NULL. */
 json_t *rest_status_get(struct rest_status *s, const char *id);
+
+/* ---------------------------------------------------------------------------
+ * Retry-After of a webhook receiver's 429/503.
+ */
+
+/* Values beyond this (seconds) saturate instead of overflowing. */
+#define REST_RETRY_AFTER_SAT_S (10LL * 365 * 86400)
+
+/* An HTTP-date (IMF-fixdate, RFC 850 or asctime; RFC 9110 §5.6.7): 0 with
+ * *out_s = seconds since the epoch (negative before 1970), or -1 when it is
+ * none of them. */
+int rest_http_date(const char *s, size_t len, int64_t *out_s);
+
+/* A Retry-After field value (delay-seconds or HTTP-date, surrounding
+ * whitespace allowed) as a delay from now_ms: 0 with *out_ms set (>= 0; a
+ * past date is 0), or -1 when malformed. */
+int rest_retry_after_ms(const char *v, size_t len, int64_t now_ms, int64_t *out_ms);
+
+/* The wait to ask the host for: hint_ms, but at most max_ms (> 0), and not
+ * past deadline_ms or age_limit_at_ms (absolute ms; 0 = none). */
+int64_t rest_retry_cap(int64_t hint_ms, int64_t now_ms, int64_t deadline_ms,
+                       int64_t age_limit_at_ms, int64_t max_ms);
 
 /* Fills out with a lowercase UUIDv7 (36 chars + NUL). */
 void rest_uuid7(char out[37], int64_t now_ms);

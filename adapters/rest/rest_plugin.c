@@ -32,14 +32,21 @@
 #include <limits.h>
 #include <openssl/evp.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
-#define REST_VERSION "0.1.0"
+#define REST_VERSION "0.2.0"
 #define WEBHOOK_UNHEALTHY 10
+
+/* An ABI 1.1 host entry this host really provides (an older host's table
+ * is shorter; a 1.1 host may still leave an entry NULL). */
+#define HOST_HAS(h, fn)                                                      \
+    ((h)->abi_minor >= 1 && (h)->struct_size >= offsetof(struct kfg_host, fn) + sizeof((h)->fn) && \
+     (h)->fn)
 
 static const struct kfg_config_key rest_config[] = {
     { "path", KFG_CFG_STRING, KFG_CFG_REQUIRED, NULL,
@@ -86,6 +93,9 @@ static const struct kfg_config_key rest_config[] = {
       "give up after this many attempts (0 = the gateway's [bus] retry_max)" },
     { "webhook_max_age_ms", KFG_CFG_INT, 0, "0",
       "give up once the first attempt is older than this (0 = no limit)" },
+    { "webhook_retry_after_max_s", KFG_CFG_INT, 0, "3600",
+      "longest Retry-After of a receiver's 429/503 that is honoured (longer: capped); "
+      "never past the envelope's deadline or webhook_max_age_ms" },
     { "webhook_allow_private", KFG_CFG_BOOL, 0, "false",
       "allow loopback/private webhook destinations (tests, in-cluster receivers)" },
     { NULL, 0, 0, NULL, NULL },
@@ -138,6 +148,7 @@ struct rest {
     unsigned wh_concurrency, wh_queue_max;
     unsigned wh_max_attempts;
     int64_t wh_max_age_ms;
+    int64_t wh_retry_after_max_ms;
     atomic_uint wh_inflight, wh_queued;
     atomic_int wh_failures;
     struct wh_job *q_head, *q_tail;
@@ -792,6 +803,7 @@ struct wh_job {
     char *body;
     size_t len;
     int attempt;
+    int64_t deadline_ms;         /* the envelope's "deadline", 0 = none */
     struct timespec t0;
     struct wh_job *next;
 };
@@ -891,8 +903,11 @@ static void wh_next(struct rest *r)
     }
 }
 
-/* Finishes one delivery; records the receipt this instance saw. */
-static void wh_finish(struct wh_job *j, int result, const char *code, const char *detail)
+/* Finishes one delivery; records the receipt this instance saw. For
+ * KFG_RETRY, retry_after_ms > 0 is the receiver's Retry-After (already
+ * capped), handed to a 1.1 host; an older host has only its backoff. */
+static void wh_finish(struct wh_job *j, int result, const char *code, const char *detail,
+                      int64_t retry_after_ms)
 {
     struct rest *r = j->r;
     const char *st = result == KFG_OK ? "sent" : result == KFG_RETRY ? "retrying" : "failed";
@@ -905,18 +920,23 @@ static void wh_finish(struct wh_job *j, int result, const char *code, const char
         atomic_fetch_add(&r->wh_failures, 1);
         snprintf(r->wh_last_error, sizeof r->wh_last_error, "%s", detail ? detail : "");
     }
-    r->host->delivered(j->d, result, code, detail);
+    if (HOST_HAS(r->host, delivered2))
+        r->host->delivered2(j->d, result, code, detail,
+                            result == KFG_RETRY && retry_after_ms > 0 ? (uint64_t)retry_after_ms
+                                                                      : 0);
+    else
+        r->host->delivered(j->d, result, code, detail);
 }
 
-static void on_webhook_done(void *arg, int result, int status, struct kfg_str body,
-                            const char *error)
+/* One attempt's answer, from either completion. ra/ra_len: the Retry-After
+ * value of a 429/503 (ra NULL when there was none or the host cannot say). */
+static void wh_done(struct wh_job *j, int result, int status, const char *error,
+                    const char *ra, size_t ra_len)
 {
-    (void)body;
-    struct wh_job *j = arg;
     struct rest *r = j->r;
     r->host->metric_observe(r->m_wh_lat, since(j->t0));
     atomic_fetch_sub(&r->wh_inflight, 1);
-    char code[32], detail[200];
+    char code[32], detail[240];
     int res;
     if (result != KFG_OK) {
         snprintf(code, sizeof code, result == KFG_ETIMEDOUT ? "http:timeout" : "http:network");
@@ -936,25 +956,64 @@ static void on_webhook_done(void *arg, int result, int status, struct kfg_str bo
                      status >= 300 && status < 400 ? " (redirects are not followed)" : "");
         }
     }
+    int64_t hint = 0;
     if (res == KFG_RETRY) {
-        int64_t first = 0;
-        int attempts = j->attempt;
-        rest_status_add(r->status, j->id, "out", "attempt_failed", 0, code, detail,
-                        wall_ms(), &first);
-        if (r->wh_max_attempts && (unsigned)attempts >= r->wh_max_attempts) {
+        int64_t first = 0, now = wall_ms();
+        unsigned attempts = (unsigned)j->attempt;
+        rest_status_add(r->status, j->id, "out", "attempt_failed", 0, code, detail, now,
+                        &first);
+        size_t l = strlen(detail);
+        if (r->wh_max_attempts && attempts >= r->wh_max_attempts) {
             res = KFG_EFAIL;
-            size_t l = strlen(detail);
-            snprintf(detail + l, sizeof detail - l, "; gave up after %d attempts", attempts);
-        } else if (r->wh_max_age_ms && wall_ms() - first >= r->wh_max_age_ms) {
+            snprintf(detail + l, sizeof detail - l, "; gave up after %u attempts", attempts);
+        } else if (r->wh_max_age_ms && now - first >= r->wh_max_age_ms) {
             res = KFG_EFAIL;
-            size_t l = strlen(detail);
             snprintf(detail + l, sizeof detail - l, "; gave up after %lld ms",
-                     (long long)(wall_ms() - first));
+                     (long long)(now - first));
+        } else if (ra && (status == 429 || status == 503)) {
+            int64_t want;
+            if (rest_retry_after_ms(ra, ra_len, now, &want) != 0) {
+                r->host->log(r->ins, NULL, KFG_LOG_WARN,
+                             "delivery %s: receiver sent a malformed Retry-After \"%.*s\"; "
+                             "using the backoff", j->id, (int)(ra_len > 64 ? 64 : ra_len), ra);
+                snprintf(detail + l, sizeof detail - l, "; malformed Retry-After ignored");
+            } else if (want > 0) {
+                hint = rest_retry_cap(want, now, j->deadline_ms,
+                                      r->wh_max_age_ms ? first + r->wh_max_age_ms : 0,
+                                      r->wh_retry_after_max_ms);
+                snprintf(detail + l, sizeof detail - l, "; Retry-After %lld ms%s",
+                         (long long)want, hint < want ? " (capped at the delivery's limit)"
+                                                      : "");
+            }
         }
     }
-    wh_finish(j, res, code, detail);
+    wh_finish(j, res, code, detail, hint);
     job_free(j);
     wh_next(r);
+}
+
+static void on_webhook_done(void *arg, int result, int status, struct kfg_str body,
+                            const char *error)
+{
+    (void)body;
+    wh_done(arg, result, status, error, NULL, 0);
+}
+
+static void on_webhook_done2(void *arg, const struct kfg_http_response *resp)
+{
+    const char *ra = NULL;
+    size_t ra_len = 0;
+    if (resp->result == KFG_OK && (resp->status == 429 || resp->status == 503)) {
+        for (size_t i = 0; i < resp->nheaders; i++) {
+            struct kfg_str n = resp->header_names[i];
+            if (n.len == 11 && strncasecmp(n.ptr, "Retry-After", 11) == 0) {
+                ra = resp->header_values[i].ptr ? resp->header_values[i].ptr : "";
+                ra_len = resp->header_values[i].len;
+                break;
+            }
+        }
+    }
+    wh_done(arg, resp->result, resp->status, resp->error, ra, ra_len);
 }
 
 static void wh_start(struct wh_job *j)
@@ -988,13 +1047,14 @@ static void wh_start(struct wh_job *j)
     };
     j->t0 = mono();
     atomic_fetch_add(&r->wh_inflight, 1);
-    int rc = h->http_call(r->ins, &call, on_webhook_done, j);
+    int rc = HOST_HAS(h, http_call2) ? h->http_call2(r->ins, &call, on_webhook_done2, j)
+                                     : h->http_call(r->ins, &call, on_webhook_done, j);
     free(sig);
     if (rc != KFG_OK) {
         atomic_fetch_sub(&r->wh_inflight, 1);
         char detail[64];
         snprintf(detail, sizeof detail, "cannot start the HTTP call (%d)", rc);
-        wh_finish(j, KFG_RETRY, "http:client", detail);
+        wh_finish(j, KFG_RETRY, "http:client", detail, 0);
         job_free(j);
     }
 }
@@ -1032,14 +1092,30 @@ static int rest_deliver(void *ctx, const struct kfg_msg *m, struct kfg_delivery 
         return KFG_ENOMEM;
     }
     j->len = strlen(j->body);
-    j->attempt = rest_status_add(r->status, j->id, "out", "attempt", 0, NULL, NULL,
-                                 wall_ms(), NULL);
+    int seen = rest_status_add(r->status, j->id, "out", "attempt", 0, NULL, NULL, wall_ms(),
+                               NULL);
+    /* The host's count survives an evicted status record and a reload. */
+    j->attempt = HOST_HAS(h, delivery_attempt) ? (int)h->delivery_attempt(d) : seen;
+    int64_t dl = 0;
+    if (HOST_HAS(h, msg_get_int)) {
+        if (h->msg_get_int(m, KFG_ENV_DEADLINE, &dl) != KFG_OK)
+            dl = 0;
+    } else {
+        struct kfg_str v = h->msg_get(m, KFG_ENV_DEADLINE);
+        if (v.ptr && v.len && v.len < 24) {
+            char tmp[24];
+            memcpy(tmp, v.ptr, v.len);
+            tmp[v.len] = '\0';
+            dl = strtoll(tmp, NULL, 10);
+        }
+    }
+    j->deadline_ms = dl > 0 ? dl : 0;
     if (atomic_load(&r->wh_inflight) < r->wh_concurrency && !r->q_head) {
         wh_start(j);
         return KFG_OK;
     }
     if (atomic_load(&r->wh_queued) >= r->wh_queue_max) {
-        wh_finish(j, KFG_RETRY, "rest:queue_full", "the instance's webhook queue is full");
+        wh_finish(j, KFG_RETRY, "rest:queue_full", "the instance's webhook queue is full", 0);
         job_free(j);
         return KFG_OK;
     }
@@ -1252,6 +1328,9 @@ static int rest_init_inner(struct rest *r)
     r->wh_max_attempts = (unsigned)v;
     if ((rc = cfg_pos(r, "webhook_max_age_ms", 0, INT64_MAX / 2, &r->wh_max_age_ms)) != KFG_OK)
         return rc;
+    if ((rc = cfg_pos(r, "webhook_retry_after_max_s", 1, 7 * 86400, &v)) != KFG_OK)
+        return rc;
+    r->wh_retry_after_max_ms = v * 1000;
 
     for (int o = 0; o < O__N; o++)
         if (!(r->m_req[o] = h->metric_counter(ins, "rest_requests_total",
@@ -1325,7 +1404,7 @@ static int rest_stop(void *ctx)
         struct wh_job *j = r->q_head;
         r->q_head = j->next;
         atomic_fetch_sub(&r->wh_queued, 1);
-        wh_finish(j, KFG_RETRY, "rest:stopping", "the instance is stopping");
+        wh_finish(j, KFG_RETRY, "rest:stopping", "the instance is stopping", 0);
         job_free(j);
     }
     r->q_tail = NULL;
