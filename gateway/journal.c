@@ -1235,6 +1235,20 @@ static int flush_chunk(struct kfg_journal *j, struct seg *s, const uint8_t *data
     return rc;
 }
 
+/* KFG_FSYNC_INTERVAL: the fsync that bounds what a power loss can take.
+ * The interval runs from fsync start to fsync start. Writer thread. */
+static int interval_sync(struct kfg_journal *j)
+{
+    int64_t t = now_mono_ms();
+    pthread_mutex_lock(&j->smu);
+    struct seg *s = j->nsegs ? j->segs[j->nsegs - 1] : NULL;
+    pthread_mutex_unlock(&j->smu);
+    if (s && do_sync(j, s) < 0)
+        return -1;
+    j->last_fsync_mono = t;
+    return 0;
+}
+
 /* Writes a batch; returns 0 once it is committed under the policy. */
 static int write_batch(struct kfg_journal *j, struct queue *q, uint64_t *last_rec)
 {
@@ -1271,13 +1285,11 @@ static int write_batch(struct kfg_journal *j, struct queue *q, uint64_t *last_re
     }
     if (flush_chunk(j, s, p + start, end - start) < 0)
         return -1;
-    if (j->policy != KFG_FSYNC_NEVER && j->unsynced) {
-        /* the interval runs from fsync start to fsync start */
-        int64_t t = now_mono_ms();
-        if (do_sync(j, s) < 0)
-            return -1;
-        j->last_fsync_mono = t;
-    }
+    if (j->policy == KFG_FSYNC_ALWAYS && j->unsynced && do_sync(j, s) < 0)
+        return -1;
+    if (j->policy == KFG_FSYNC_INTERVAL && j->unsynced &&
+        now_mono_ms() - j->last_fsync_mono >= j->interval_ms && interval_sync(j) < 0)
+        return -1;
     return 0;
 }
 
@@ -1288,9 +1300,21 @@ static void *writer_main(void *arg)
     for (;;) {
         while (j->fill.n == 0 && !j->closing) {
             j->writer_idle = 1;
-            struct timespec dl = mono_deadline(now_mono_ms() + 1000);
+            /* Written but not yet synced: sync when the interval is up,
+             * even if nothing more arrives. */
+            int sync_due = j->policy == KFG_FSYNC_INTERVAL && j->unsynced && !j->failed;
+            int64_t due = sync_due ? j->last_fsync_mono + j->interval_ms : now_mono_ms() + 1000;
+            struct timespec dl = mono_deadline(due);
             int w = pthread_cond_timedwait(&j->cv, &j->mu, &dl);
             j->writer_idle = 0;
+            if (sync_due && j->fill.n == 0 && now_mono_ms() >= due) {
+                pthread_mutex_unlock(&j->mu);
+                int rc = interval_sync(j);
+                pthread_mutex_lock(&j->mu);
+                if (rc < 0)
+                    j->failed = 1;
+                continue;
+            }
             if (w == ETIMEDOUT && j->fill.n == 0) {
                 if (j->window_ms >= 0)
                     dd_expire(&j->dd, now_real_ms() - j->window_ms);
@@ -1301,14 +1325,6 @@ static void *writer_main(void *arg)
         }
         if (j->fill.n == 0 && j->closing)
             break;
-        if (j->policy == KFG_FSYNC_INTERVAL) {
-            /* One fsync per interval: wait out the rest of it, gathering. */
-            int64_t due = j->last_fsync_mono + j->interval_ms;
-            while (!j->closing && now_mono_ms() < due) {
-                struct timespec dl = mono_deadline(due);
-                pthread_cond_timedwait(&j->cv, &j->mu, &dl);
-            }
-        }
         struct queue tmp = j->fill;
         j->fill = j->work;
         j->work = tmp;

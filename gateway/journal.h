@@ -46,11 +46,17 @@
  *   middle file) are logged and tolerated; overlapping segments are refused.
  *
  * COMMIT. A record is committed when it has been written and, under
- * KFG_FSYNC_ALWAYS, fdatasync'ed by its batch; under KFG_FSYNC_INTERVAL,
- * fdatasync'ed by the interval flush that follows its write (at most one
- * fsync per interval_ms, batch = everything queued meanwhile); under
- * KFG_FSYNC_NEVER, as soon as write() returned. Completion callbacks and
- * kfg_journal_read see only committed records.
+ * KFG_FSYNC_ALWAYS, fdatasync'ed by its batch (group commit: one fsync for
+ * everything queued while the previous one ran). Under KFG_FSYNC_INTERVAL
+ * and KFG_FSYNC_NEVER it is committed once write() returned: it is in the
+ * kernel and survives a crash of the gateway (SIGKILL, abort, OOM kill) at
+ * once. What a power loss or kernel crash can take differs: under INTERVAL
+ * the writer fdatasyncs at most interval_ms after a write (also when no
+ * further record arrives), so at most the last interval_ms (plus one fsync)
+ * of records; under NEVER whatever the kernel had not written back. This is
+ * Redis's appendfsync always / everysec / no, and Kafka's flush.ms: the
+ * latency of an fsync is paid only by those who ask for ALWAYS.
+ * Completion callbacks and kfg_journal_read see only committed records.
  *
  * THREADING. Every function may be called from any thread, concurrently,
  * except open/close. Completion callbacks run on the journal's writer thread
@@ -73,7 +79,8 @@
 
 enum kfg_fsync_policy {
     KFG_FSYNC_ALWAYS = 0,     /* one fdatasync per batch before completion */
-    KFG_FSYNC_INTERVAL = 1,   /* one fdatasync per interval_ms */
+    KFG_FSYNC_INTERVAL = 1,   /* completion after write(); fdatasync within
+                                 interval_ms of it */
     KFG_FSYNC_NEVER = 2,      /* completion after write(); fsync only at close */
 };
 
