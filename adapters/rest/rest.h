@@ -257,8 +257,10 @@ int rest_http_date(const char *s, size_t len, int64_t *out_s);
  * past date is 0), or -1 when malformed. */
 int rest_retry_after_ms(const char *v, size_t len, int64_t now_ms, int64_t *out_ms);
 
-/* The wait to ask the host for: hint_ms, but at most max_ms (> 0), and not
- * past deadline_ms or age_limit_at_ms (absolute ms; 0 = none). */
+/* The wait to ask the host for: hint_ms (<= 0: none, 0), at most max_ms
+ * (> 0; absurd values are capped there); -1 when now_ms + that wait falls
+ * after deadline_ms or age_limit_at_ms (absolute ms; 0 = none): the
+ * delivery cannot succeed in time and is dead-lettered at once. */
 int64_t rest_retry_cap(int64_t hint_ms, int64_t now_ms, int64_t deadline_ms,
                        int64_t age_limit_at_ms, int64_t max_ms);
 

@@ -184,18 +184,12 @@ int64_t rest_retry_cap(int64_t hint_ms, int64_t now_ms, int64_t deadline_ms,
 {
     if (hint_ms <= 0)
         return 0;
-    int64_t cap = max_ms > 0 ? max_ms : hint_ms;
-    if (deadline_ms > 0) {
-        int64_t left = deadline_ms - now_ms;
-        if (left < cap)
-            cap = left;
-    }
-    if (age_limit_at_ms > 0) {
-        int64_t left = age_limit_at_ms - now_ms;
-        if (left < cap)
-            cap = left;
-    }
-    if (cap < 0)
-        cap = 0;
-    return hint_ms < cap ? hint_ms : cap;
+    int64_t w = max_ms > 0 && hint_ms > max_ms ? max_ms : hint_ms;
+    /* Coming back before the receiver asked is futile (it said no until
+     * then), and waiting until a limit only to give up there wastes the
+     * slot: past a limit, the caller dead-letters now. */
+    if ((deadline_ms > 0 && now_ms + w > deadline_ms) ||
+        (age_limit_at_ms > 0 && now_ms + w > age_limit_at_ms))
+        return -1;
+    return w;
 }

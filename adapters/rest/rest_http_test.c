@@ -129,19 +129,22 @@ static void test_date_relative_to_now(void **st)
 static void test_cap(void **st)
 {
     (void)st;
-    /* no limits but the maximum */
+    /* no limits but the maximum: absurd values capped */
     assert_int_equal(rest_retry_cap(2000, 1000, 0, 0, 3600000), 2000);
     assert_int_equal(rest_retry_cap(7200000, 1000, 0, 0, 3600000), 3600000);
+    assert_int_equal(rest_retry_cap(REST_RETRY_AFTER_SAT_S * 1000, 0, 0, 0, 3600000), 3600000);
     assert_int_equal(rest_retry_cap(0, 1000, 0, 0, 3600000), 0);
     assert_int_equal(rest_retry_cap(-5, 1000, 0, 0, 3600000), 0);
-    /* the envelope's deadline */
-    assert_int_equal(rest_retry_cap(60000, 1000, 11000, 0, 3600000), 10000);
-    /* the webhook_max_age limit, whichever comes first */
-    assert_int_equal(rest_retry_cap(60000, 1000, 11000, 6000, 3600000), 5000);
-    /* already past: nothing to add */
-    assert_int_equal(rest_retry_cap(60000, 20000, 11000, 0, 3600000), 0);
-    /* saturated hint */
-    assert_int_equal(rest_retry_cap(REST_RETRY_AFTER_SAT_S * 1000, 0, 0, 0, 3600000), 3600000);
+    /* inside the envelope's deadline, up to exactly it */
+    assert_int_equal(rest_retry_cap(10000, 1000, 11000, 0, 3600000), 10000);
+    /* past it, or past the webhook_max_age limit: give up now */
+    assert_int_equal(rest_retry_cap(10001, 1000, 11000, 0, 3600000), -1);
+    assert_int_equal(rest_retry_cap(6000, 1000, 11000, 6000, 3600000), -1);
+    assert_int_equal(rest_retry_cap(5000, 1000, 11000, 6000, 3600000), 5000);
+    /* the capped value is what is checked against the limits */
+    assert_int_equal(rest_retry_cap(REST_RETRY_AFTER_SAT_S * 1000, 0, 3600000, 0, 3600000),
+                     3600000);
+    assert_int_equal(rest_retry_cap(REST_RETRY_AFTER_SAT_S * 1000, 0, 60000, 0, 3600000), -1);
 }
 
 int main(void)

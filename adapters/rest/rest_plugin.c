@@ -981,9 +981,20 @@ static void wh_done(struct wh_job *j, int result, int status, const char *error,
                 hint = rest_retry_cap(want, now, j->deadline_ms,
                                       r->wh_max_age_ms ? first + r->wh_max_age_ms : 0,
                                       r->wh_retry_after_max_ms);
-                snprintf(detail + l, sizeof detail - l, "; Retry-After %lld ms%s",
-                         (long long)want, hint < want ? " (capped at the delivery's limit)"
-                                                      : "");
+                if (hint < 0) {
+                    int64_t w = want < r->wh_retry_after_max_ms ? want : r->wh_retry_after_max_ms;
+                    res = KFG_EFAIL;
+                    hint = 0;
+                    snprintf(detail + l, sizeof detail - l,
+                             "; Retry-After %lld ms falls after the delivery's %s: gave up",
+                             (long long)want,
+                             j->deadline_ms && now + w > j->deadline_ms ? "deadline"
+                                                                        : "webhook_max_age_ms");
+                } else {
+                    snprintf(detail + l, sizeof detail - l, "; Retry-After %lld ms%s",
+                             (long long)want, hint < want ? " (capped at "
+                                                            "webhook_retry_after_max_s)" : "");
+                }
             }
         }
     }

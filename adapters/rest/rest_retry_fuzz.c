@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (rc == 0) {
         int64_t c = rest_retry_cap(ms, now, now + 5000, 0, 3600000);
-        if (c < 0 || c > 5000 || c > ms)
+        if (c < -1 || c > 5000 || c > ms || (c == -1) != (ms > 5000))
             abort();
     }
     return 0;
