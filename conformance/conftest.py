@@ -19,6 +19,17 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KFGATE = os.path.join(ROOT, "build", "kfgate")
 INCLUDE = os.path.join(ROOT, "gateway", "include")
+
+def _abi():
+    """The ABI version the gateway under test speaks, from its own header."""
+    with open(os.path.join(INCLUDE, "kfgate", "plugin.h")) as f:
+        h = f.read()
+    return tuple(int(re.search(r"#define KFG_ABI_%s (\d+)" % k, h).group(1))
+                 for k in ("MAJOR", "MINOR"))
+
+
+ABI_MAJOR, ABI_MINOR = _abi()
+ABI = "%d.%d" % (ABI_MAJOR, ABI_MINOR)
 PLUGIN_SRC = os.path.join(ROOT, "conformance", "plugins")
 EXAMPLE_SO = os.path.join(ROOT, "build", "plugins", "example-adapter.so")
 CC = os.environ.get("CC", "cc")

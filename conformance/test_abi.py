@@ -5,14 +5,14 @@ import subprocess
 
 import pytest
 
-from conftest import KFGATE, get, render_config
+from conftest import ABI, ABI_MAJOR, ABI_MINOR, KFGATE, get, render_config
 
 # (variant, descriptor name, text the reason must contain)
 VARIANTS = [
     ("BAD_MAJOR", "bad-major",
-     "built for plugin ABI 2.0, this gateway speaks 1.0"),
+     "built for plugin ABI %d.0, this gateway speaks %s" % (ABI_MAJOR + 1, ABI)),
     ("NEWER_MINOR", "newer-minor",
-     "needs plugin ABI 1.1, this gateway provides 1.0"),
+     "needs plugin ABI %d.%d, this gateway provides %s" % (ABI_MAJOR, ABI_MINOR + 1, ABI)),
     ("SMALL_STRUCT", "small-struct",
      "descriptor struct_size 16 is invalid"),
     ("NO_SYMBOL", "no-symbol",
@@ -116,7 +116,7 @@ def test_running_daemon_lists_refused_plugins(gateway_factory, plugin_cache):
         gw.wait_log(r"level=error .*plugin %s refused: .*%s" % (
             r["file"].replace(".", r"\."), reason.replace("(", r"\(").replace(".", r"\.")))
     assert [p["name"] for p in info["plugins"]] == ["echo"]
-    assert info["plugins"][0]["abi"] == "1.0"
+    assert info["plugins"][0]["abi"] == ABI
     # The good plugin serves.
     assert gw.req(get("/e/x")).status == 200
 
@@ -144,5 +144,5 @@ def test_daemon_refuses_to_start_when_needed_plugin_is_refused(gateway_factory, 
     rc = gw.proc.wait(timeout=10)
     assert rc != 0
     log = gw.log()
-    assert "newer-minor.so was refused: needs plugin ABI 1.1" in log, log
+    assert "newer-minor.so was refused: needs plugin ABI %d.%d" % (ABI_MAJOR, ABI_MINOR + 1) in log, log
     assert "cannot start" in log

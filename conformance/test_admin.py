@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import KFGATE, EXAMPLE_SO, get, metric_value, module_gateway, post
+from conftest import ABI, KFGATE, EXAMPLE_SO, get, metric_value, module_gateway, post
 
 ECHO = {"kind": "adapter", "type": "echo", "name": "echo0", "path": "/echo/",
         "tenant": "acme"}
@@ -166,11 +166,11 @@ def test_plugins_json(gw):
     info = json.loads(r.body)
     version = subprocess.run([KFGATE, "--version"], capture_output=True,
                              text=True).stdout.split()[1]
-    assert info["gateway"] == {"version": version, "abi": "1.0", "generation": 1}
+    assert info["gateway"] == {"version": version, "abi": ABI, "generation": 1}
     plugins = {p["name"]: p for p in info["plugins"]}
     assert set(plugins) == {"echo", "example"}
     assert plugins["echo"]["version"] == "1.0"
-    assert plugins["echo"]["kind"] == "adapter" and plugins["echo"]["abi"] == "1.0"
+    assert plugins["echo"]["kind"] == "adapter" and plugins["echo"]["abi"] == ABI
     assert plugins["echo"]["generation"] == 1
     assert plugins["echo"]["file"] == gw.plugin_dir + "/echo.so"
     assert plugins["example"]["version"] == "1.0.0"

@@ -732,7 +732,7 @@ def test_crash_sigkill(bus_factory):
     rnd = random.Random(int(os.environ.get("KFG_CRASH_SEED", "0")) or None)
     seed = rnd.randrange(1 << 30)
     rnd.seed(seed)
-    n, rounds = 2000, 5
+    n, rounds = 4000, 5
     b = bus_factory()
     keys = ["k%04d" % i for i in range(n)]
     text = {k: "msg %s \u2713" % k for k in keys}
@@ -766,7 +766,7 @@ def test_crash_sigkill(bus_factory):
         again = rnd.sample(sorted(acked), min(len(acked), 50))   # channel retries
         batch = fresh + unacked + again
         rnd.shuffle(batch)
-        res = attempt(batch, kill_after=rnd.uniform(0.02, 0.2))
+        res = attempt(batch, kill_after=rnd.uniform(0.002, 0.04))
         assert not b.gw.alive()
         cut_short.append(len(batch) - len(res))
         print("seed %d round %d: %d sent, %d answered (%d with 200)" % (
