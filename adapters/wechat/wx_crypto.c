@@ -3,7 +3,9 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/opensslv.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +26,39 @@ const char *wx_err_name(int code)
     case WX_GEN_RETURN_XML: return "GenReturnXml_Error";
     default: return "Unknown";
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Algorithms, fetched once: with OpenSSL 3, EVP_sha1() and
+ * EVP_aes_256_cbc() make every init look the implementation up again
+ * (about a tenth of the hot path). */
+
+static const EVP_MD *md_sha1;
+static const EVP_CIPHER *cipher_aes;
+static pthread_once_t algs_once = PTHREAD_ONCE_INIT;
+
+static void algs_fetch(void)
+{
+#if OPENSSL_VERSION_MAJOR >= 3
+    md_sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
+    cipher_aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+#endif
+    if (!md_sha1)
+        md_sha1 = EVP_sha1();
+    if (!cipher_aes)
+        cipher_aes = EVP_aes_256_cbc();
+}
+
+static const EVP_MD *alg_sha1(void)
+{
+    pthread_once(&algs_once, algs_fetch);
+    return md_sha1;
+}
+
+static const EVP_CIPHER *alg_aes(void)
+{
+    pthread_once(&algs_once, algs_fetch);
+    return cipher_aes;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -66,7 +101,7 @@ int wx_signature(const char *const *parts, const size_t *lens, size_t n,
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1;
+    int ok = ctx && EVP_DigestInit_ex(ctx, alg_sha1(), NULL) == 1;
     for (size_t i = 0; ok && i < n; i++)
         if (v[i].n)
             ok = EVP_DigestUpdate(ctx, v[i].p, v[i].n) == 1;
@@ -113,34 +148,66 @@ static int b64val(unsigned char c)
     return -1;
 }
 
+/* 0..63 for the alphabet, 0x80 for everything else: OR-ing four lookups
+ * tells whether any of them was bad. */
+static const unsigned char b64tab[256] = {
+#define X 0x80
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, 62, X, X, X, 63,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, X, X, X, X, X, X,
+    X, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, X, X, X, X, X,
+    X, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+    X, X, X, X, X, X, X, X, X, X, X, X, X, X, X, X,
+#undef X
+};
+
 int wx_b64_decode(const char *in, size_t len, unsigned char *out, size_t *out_len)
 {
     *out_len = 0;
     if (len == 0 || len % 4)
         return WX_DECODE_BASE64;
+    const unsigned char *s = (const unsigned char *)in;
     size_t pad = 0;
-    if (in[len - 1] == '=') pad++;
-    if (in[len - 2] == '=') pad++;
+    if (s[len - 1] == '=') pad++;
+    if (pad && s[len - 2] == '=') pad++;
+    size_t full = len - 4;          /* the last quantum is done apart */
     size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4];
-        int last = i + 4 == len;
-        for (int k = 0; k < 4; k++) {
-            unsigned char c = (unsigned char)in[i + k];
-            if (last && c == '=' && (size_t)k >= 4 - pad) {
-                v[k] = 0;
-                continue;
-            }
-            v[k] = b64val(c);
-            if (v[k] < 0)
-                return WX_DECODE_BASE64;
-        }
-        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 |
-                     (uint32_t)v[3];
-        out[o++] = (unsigned char)(w >> 16);
-        if (!last || pad < 2) out[o++] = (unsigned char)(w >> 8);
-        if (!last || pad < 1) out[o++] = (unsigned char)w;
+    for (size_t i = 0; i < full; i += 4) {
+        unsigned a = b64tab[s[i]], b = b64tab[s[i + 1]], c = b64tab[s[i + 2]],
+                 d = b64tab[s[i + 3]];
+        if ((a | b | c | d) & 0x80)
+            return WX_DECODE_BASE64;
+        uint32_t w = a << 18 | b << 12 | c << 6 | d;
+        out[o] = (unsigned char)(w >> 16);
+        out[o + 1] = (unsigned char)(w >> 8);
+        out[o + 2] = (unsigned char)w;
+        o += 3;
     }
+    unsigned v[4];
+    for (int k = 0; k < 4; k++) {
+        unsigned char ch = s[full + (size_t)k];
+        if (ch == '=' && (size_t)k >= 4 - pad) {
+            v[k] = 0;
+            continue;
+        }
+        v[k] = b64tab[ch];
+        if (v[k] & 0x80)
+            return WX_DECODE_BASE64;
+    }
+    uint32_t w = v[0] << 18 | v[1] << 12 | v[2] << 6 | v[3];
+    out[o++] = (unsigned char)(w >> 16);
+    if (pad < 2) out[o++] = (unsigned char)(w >> 8);
+    if (pad < 1) out[o++] = (unsigned char)w;
     *out_len = o;
     return WX_OK;
 }
@@ -208,7 +275,7 @@ static int aes_cbc(const unsigned char key[32], int enc, const unsigned char *in
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
     int n1 = 0, n2 = 0;
     int ok = c && len <= INT32_MAX &&
-             EVP_CipherInit_ex(c, EVP_aes_256_cbc(), NULL, key, key, enc) == 1 &&
+             EVP_CipherInit_ex(c, alg_aes(), NULL, key, key, enc) == 1 &&
              EVP_CIPHER_CTX_set_padding(c, 0) == 1 &&
              EVP_CipherUpdate(c, out, &n1, in, (int)len) == 1 &&
              EVP_CipherFinal_ex(c, out + n1, &n2) == 1 && (size_t)(n1 + n2) == len;
@@ -224,21 +291,22 @@ int wx_decrypt(const unsigned char key[32], const char *b64, size_t b64_len,
     *msg_off = *msg_len = 0;
     if (b64_len == 0 || b64_len % 4)
         return WX_DECODE_BASE64;
+    /* One buffer: base64 decoded into it, then decrypted in place (CBC
+     * decryption in place is supported by EVP when in == out). */
     size_t cap = b64_len / 4 * 3;
-    unsigned char *ct = malloc(cap + 1);
     unsigned char *pt = malloc(cap + 1);
     size_t ctlen = 0;
     int rc;
-    if (!ct || !pt) {
+    if (!pt) {
         rc = WX_DECRYPT_AES;
         goto fail;
     }
-    if ((rc = wx_b64_decode(b64, b64_len, ct, &ctlen)) != WX_OK)
+    if ((rc = wx_b64_decode(b64, b64_len, pt, &ctlen)) != WX_OK)
         goto fail;
     rc = WX_DECRYPT_AES;
     if (ctlen < 32 || ctlen % 32)
         goto fail;
-    if (aes_cbc(key, 0, ct, ctlen, pt) != 0)
+    if (aes_cbc(key, 0, pt, ctlen, pt) != 0)
         goto fail;
     size_t p = pt[ctlen - 1];
     if (p < 1 || p > 32)
@@ -261,14 +329,12 @@ int wx_decrypt(const unsigned char key[32], const char *b64, size_t b64_len,
     rc = WX_VALIDATE_RECEIVEID;
     if (id_len != rid_len || (rid_len && memcmp(pt + id_off, receive_id, rid_len) != 0))
         goto fail;
-    free(ct);
     pt[id_off] = '\0';     /* the message is followed by a NUL */
     *buf = pt;
     *msg_off = 20;
     *msg_len = (size_t)n;
     return WX_OK;
 fail:
-    free(ct);
     free(pt);
     return rc;
 }
@@ -346,9 +412,8 @@ long wx_query_get(const char *q, size_t qlen, const char *name, char *out, size_
     long found = -1;
     size_t i = 0;
     while (i < qlen) {
-        size_t end = i;
-        while (end < qlen && q[end] != '&')
-            end++;
+        const char *amp = memchr(q + i, '&', qlen - i);
+        size_t end = amp ? (size_t)(amp - q) : qlen;
         /* Names are matched raw: WeChat's are plain ASCII. */
         if (end - i >= nlen + 1 && memcmp(q + i, name, nlen) == 0 && q[i + nlen] == '=') {
             if (found != -1)

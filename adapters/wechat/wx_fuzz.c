@@ -8,15 +8,42 @@
  * passive reply (plain and encrypted). The configuration is the official
  * WeCom sample's (token QDG6eK, CorpID wx5823bf96d3bd56c7), so the seed
  * corpus (fuzz-corpus/) reaches the decrypt and mapping paths.
+ *
+ * Every input is also run through both XML parsers as a document of its own
+ * (the query line included: whatever bytes): whenever the scanner accepts,
+ * libxml2 must accept with exactly the same fields, or the harness aborts.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+
 #include "fake_host.h"
 #include "wx_proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void differential(const char *doc, size_t len)
+{
+    static struct wx_xml a, b;     /* big: not on the fuzzer's stack */
+    if (wx_xml_parse_fast(doc, len, &a) != WX_OK)
+        return;
+    if (wx_xml_parse_libxml(doc, len, &b) != WX_OK) {
+        fprintf(stderr, "scanner accepted what libxml2 refuses\n");
+        abort();
+    }
+    if (a.n != b.n)
+        abort();
+    for (size_t i = 0; i < a.n; i++)
+        if (strcmp(a.f[i].name, b.f[i].name) != 0 || a.f[i].len != b.f[i].len ||
+            memcmp(a.f[i].val, b.f[i].val, a.f[i].len) != 0) {
+            fprintf(stderr, "field %zu differs: %s\n", i, a.f[i].name);
+            abort();
+        }
+    wx_xml_free(&a);
+    wx_xml_free(&b);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -50,6 +77,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *qc = malloc(qlen + 1), *bc = malloc(blen + 1);
     memcpy(qc, q, qlen);
     memcpy(bc, body, blen);
+    {
+        char *whole = malloc(size - 1 + 1);
+        memcpy(whole, data + 1, size - 1);
+        differential(whole, size - 1);
+        differential(bc, blen);
+        free(whole);
+    }
 
     struct wx_req r;
     wx_request(&c, method, strlen(method), qc, qlen, bc, blen, &r);

@@ -4,6 +4,7 @@
 #include <kfgate/envelope.h>
 
 #include <errno.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,7 +131,11 @@ void wx_request(const struct wx_conf *c, const char *method, size_t mlen,
                 const char *query, size_t qlen, const char *body, size_t blen,
                 struct wx_req *r)
 {
-    memset(r, 0, sizeof *r);
+    /* The XML's inline arena is not cleared: only its header. */
+    memset(r, 0, offsetof(struct wx_req, xml));
+    r->xml.n = 0;
+    r->xml.heap = NULL;
+    r->xml.slow = 0;
     int is_get = mlen == 3 && memcmp(method, "GET", 3) == 0;
     int is_post = mlen == 4 && memcmp(method, "POST", 4) == 0;
     if (!is_get && !is_post) {

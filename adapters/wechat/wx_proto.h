@@ -54,8 +54,8 @@ struct wx_req {
     unsigned char *plainbuf;     /* decrypted frame */
     const char *inner;           /* the message XML (plaintext) */
     size_t inner_len;
-    struct wx_xml xml;           /* parsed inner */
     char timestamp[32], nonce[80];
+    struct wx_xml xml;           /* parsed inner; last: not zeroed as a whole */
 };
 
 /* Decides what to do with one callback request, in the order of the

@@ -87,7 +87,7 @@ static void expect_refused(const char *doc)
     struct wx_xml x;
     assert_int_equal(wx_xml_parse(S(doc), &x), WX_PARSE_XML);
     assert_int_equal(x.n, 0);
-    assert_null(x.doc);
+    assert_null(x.heap);
     wx_xml_free(&x);
 }
 
