@@ -75,7 +75,10 @@ struct bus {
     size_t nctx;
     pthread_mutex_t mu;
     struct topic *buckets[NBUCKETS];
-    struct topic *dirty;
+    struct topic *dirty, **dirty_tail;   /* FIFO: flushed in the order their
+                                           first record came, so a subscriber
+                                           to several topics sees batches in
+                                           the order of their first seq */
     size_t ntopics;
     uint32_t batch_max, replay_max, retry_max;
     size_t batch_bytes;
@@ -217,8 +220,11 @@ static void feed_publish(struct topic *t, uint64_t seq, const char *env, size_t 
         t->batch_prev = t->last;
         if (!t->dirty) {
             t->dirty = 1;
-            t->next_dirty = B.dirty;
-            B.dirty = t;
+            t->next_dirty = NULL;
+            if (!B.dirty)
+                B.dirty_tail = &B.dirty;
+            *B.dirty_tail = t;
+            B.dirty_tail = &t->next_dirty;
         }
         if (!B.linger_armed && B.linger) {
             B.linger_armed = 1;
@@ -249,6 +255,7 @@ static void flush_dirty(void)
         t->next_dirty = NULL;
     }
     B.dirty = NULL;
+    B.dirty_tail = &B.dirty;
 }
 
 static void on_commit_batch(void *arg)
