@@ -445,7 +445,9 @@ static int append(struct pend *p, struct kfg_msg *m)
     p->m = m;
     p->t0 = mono_s();
     int r = kfg_journal_append(B.j, klen ? kbuf : NULL, klen, encode_rec, p, committed, p);
-    p->m = NULL;
+    /* On success p may already be committed and freed by the writer. */
+    if (r != KFG_OK)
+        p->m = NULL;
     return r;
 }
 
