@@ -17,7 +17,10 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KFGATE = os.path.join(ROOT, "build", "kfgate")
+# KFGATE_BIN runs the suite against another build of the daemon (make
+# test-conformance-asan points it at the ASan+UBSan one).
+KFGATE = os.environ.get("KFGATE_BIN") or os.path.join(ROOT, "build", "kfgate")
+SANITIZER_RX = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: ")
 INCLUDE = os.path.join(ROOT, "gateway", "include")
 
 def _abi():
@@ -366,6 +369,10 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
         self.logf.close()
+        m = SANITIZER_RX.search(self.log())
+        if m:
+            raise AssertionError("sanitizer report in the daemon's log:\n" +
+                                 self.log()[max(0, m.start() - 200):m.start() + 6000])
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None

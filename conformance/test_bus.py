@@ -740,10 +740,25 @@ def test_crash_sigkill(bus_factory):
     answers = []          # (key, seq) of every 200, retries included
     pending = list(keys)
 
+    def journal_bytes():
+        try:
+            return sum(e.stat().st_size for e in os.scandir(b.journal_dir)
+                       if e.name.endswith(".kfj"))
+        except OSError:
+            return 0
+
+    def kill_when_grown(records):
+        # Mid-traffic whatever the build's speed (the ASan daemon is slower):
+        # kill once the journal has grown by about `records` records.
+        start, deadline = journal_bytes(), time.monotonic() + 5
+        while journal_bytes() < start + records * 150 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        b.kill()
+
     def attempt(items, kill_after=None):
         killer = None
         if kill_after is not None:
-            killer = threading.Timer(kill_after, b.kill)
+            killer = threading.Thread(target=kill_when_grown, args=(kill_after,))
             killer.start()
         res = post_parallel(b.gw.http_port, [(k, text[k]) for k in items], conns=16,
                             chunk=rnd.choice([1, 2, 8]), timeout=3.0)
@@ -766,7 +781,7 @@ def test_crash_sigkill(bus_factory):
         again = rnd.sample(sorted(acked), min(len(acked), 50))   # channel retries
         batch = fresh + unacked + again
         rnd.shuffle(batch)
-        res = attempt(batch, kill_after=rnd.uniform(0.002, 0.04))
+        res = attempt(batch, kill_after=rnd.randint(20, len(batch) // 2))
         assert not b.gw.alive()
         cut_short.append(len(batch) - len(res))
         print("seed %d round %d: %d sent, %d answered (%d with 200)" % (
