@@ -216,3 +216,12 @@ def test_env_secret_reaches_plugin_and_is_never_shown(gateway_factory, plugin_ca
     assert secret.encode() not in gw.admin("GET", "/plugins").body
     assert secret.encode() not in gw.admin("GET", "/metrics").body
     assert secret.encode() not in gw.admin("GET", "/readyz").body
+
+
+def test_example_config_is_valid():
+    """`make run` starts the daemon on config.example.toml: every instance in
+    it must load with the plugins the build makes, with no edits."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = run(["--check", "-c", "config.example.toml"], cwd=root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "configuration config.example.toml is valid" in r.stdout + r.stderr, r
