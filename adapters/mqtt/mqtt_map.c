@@ -67,6 +67,10 @@ int mqt_url_parse(const char *url, struct mqt_url *out, char *why, size_t cap)
         return fail(why, cap, "broker URL \"%s\": expected mqtt://host[:port] or "
                               "mqtts://host[:port]", url);
     }
+    const char *auth_end = p + strcspn(p, "/?#");
+    if (memchr(p, '@', (size_t)(auth_end - p)))
+        return fail(why, cap, "broker URL \"%s\": no credentials in the URL (use username "
+                              "and password)", url);
     const char *hs = p, *he;
     if (*p == '[') {
         hs = ++p;
@@ -79,9 +83,6 @@ int mqt_url_parse(const char *url, struct mqt_url *out, char *why, size_t cap)
             p++;
         he = p;
     }
-    if (*p == '@')
-        return fail(why, cap, "broker URL \"%s\": no credentials in the URL (use username "
-                              "and password)", url);
     size_t hl = (size_t)(he - hs);
     if (hl == 0 || hl >= sizeof out->host)
         return fail(why, cap, "broker URL \"%s\": missing or too long host", url);
@@ -574,7 +575,8 @@ static json_t *mp_conv(const msgpack_object *o, int depth, struct mqt_problem *p
             prob(p, MQT_E_MSGPACK, "", "string is not UTF-8 (or contains NUL)");
             return NULL;
         }
-        return json_stringn(o->via.str.ptr, o->via.str.size);
+        /* msgpack-c may hand out NULL for an empty string. */
+        return json_stringn(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
     case MSGPACK_OBJECT_BIN: {
         char *b = malloc(4 * ((o->via.bin.size + 2) / 3) + 1);
         if (!b) {
@@ -584,6 +586,8 @@ static json_t *mp_conv(const msgpack_object *o, int depth, struct mqt_problem *p
         size_t n = mqt_base64(o->via.bin.ptr, o->via.bin.size, b);
         json_t *s = json_stringn(b, n);
         free(b);
+        if (!s)
+            prob(p, MQT_E_MSGPACK, "", "out of memory");
         return s;
     }
     case MSGPACK_OBJECT_ARRAY: {
@@ -592,6 +596,8 @@ static json_t *mp_conv(const msgpack_object *o, int depth, struct mqt_problem *p
             json_t *v = mp_conv(&o->via.array.ptr[i], depth + 1, p);
             if (!v || json_array_append_new(a, v)) {
                 json_decref(a);
+                if (v)
+                    prob(p, MQT_E_MSGPACK, "", "cannot build the array");
                 return NULL;
             }
         }
@@ -601,6 +607,7 @@ static json_t *mp_conv(const msgpack_object *o, int depth, struct mqt_problem *p
         json_t *m = json_object();
         for (uint32_t i = 0; m && i < o->via.map.size; i++) {
             const msgpack_object *k = &o->via.map.ptr[i].key;
+            const char *ks = k->via.str.size ? k->via.str.ptr : "";
             if (k->type != MSGPACK_OBJECT_STR) {
                 prob(p, MQT_E_MSGPACK, "", "map key is not a string");
                 json_decref(m);
@@ -611,15 +618,20 @@ static json_t *mp_conv(const msgpack_object *o, int depth, struct mqt_problem *p
                 json_decref(m);
                 return NULL;
             }
-            if (json_object_getn(m, k->via.str.ptr, k->via.str.size)) {
+            if (json_object_getn(m, ks, k->via.str.size)) {
                 prob(p, MQT_E_MSGPACK, "", "duplicate map key \"%.*s\"",
                      (int)(k->via.str.size > 64 ? 64 : k->via.str.size), k->via.str.ptr);
                 json_decref(m);
                 return NULL;
             }
             json_t *v = mp_conv(&o->via.map.ptr[i].val, depth + 1, p);
-            if (!v || json_object_setn_new(m, k->via.str.ptr, k->via.str.size, v)) {
+            if (!v) {
                 json_decref(m);
+                return NULL;
+            }
+            if (json_object_setn_new(m, ks, k->via.str.size, v)) {
+                json_decref(m);
+                prob(p, MQT_E_MSGPACK, "", "cannot build the map");
                 return NULL;
             }
         }
@@ -631,8 +643,78 @@ static json_t *mp_conv(const msgpack_object *o, int depth, struct mqt_problem *p
     }
 }
 
+/* Walks one msgpack value without allocating. msgpack-c sizes a container
+ * from its header before reading it, so a 5-byte map header claiming 2^32
+ * entries would ask for gigabytes: every count is checked against the
+ * bytes that are left first (each element needs at least one). Returns the
+ * offset after the value, or 0 on malformed input. */
+static size_t mp_scan(const unsigned char *b, size_t len, size_t o, int depth)
+{
+    if (o >= len || depth > MP_DEPTH_MAX)
+        return 0;
+    unsigned c = b[o++];
+    uint64_t n = 0, skip = 0;
+    int kind = 0;   /* 0 scalar of `skip` bytes, 1 array, 2 map */
+#define NEED(k) do { if (len - o < (k)) return 0; } while (0)
+#define BE(k, out) do { NEED(k); out = 0; for (int i_ = 0; i_ < (k); i_++) out = out << 8 | b[o++]; } while (0)
+    if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+        skip = 0;
+    else if (c >= 0x80 && c <= 0x8f)
+        kind = 2, n = c & 0x0f;
+    else if (c >= 0x90 && c <= 0x9f)
+        kind = 1, n = c & 0x0f;
+    else if (c >= 0xa0 && c <= 0xbf)
+        skip = c & 0x1f;
+    else switch (c) {
+    case 0xc4: case 0xd9: BE(1, skip); break;
+    case 0xc5: case 0xda: BE(2, skip); break;
+    case 0xc6: case 0xdb: BE(4, skip); break;
+    case 0xc7: BE(1, skip); skip += 1; break;
+    case 0xc8: BE(2, skip); skip += 1; break;
+    case 0xc9: BE(4, skip); skip += 1; break;
+    case 0xca: skip = 4; break;
+    case 0xcb: skip = 8; break;
+    case 0xcc: case 0xd0: skip = 1; break;
+    case 0xcd: case 0xd1: skip = 2; break;
+    case 0xce: case 0xd2: skip = 4; break;
+    case 0xcf: case 0xd3: skip = 8; break;
+    case 0xd4: skip = 2; break;
+    case 0xd5: skip = 3; break;
+    case 0xd6: skip = 5; break;
+    case 0xd7: skip = 9; break;
+    case 0xd8: skip = 17; break;
+    case 0xdc: kind = 1; BE(2, n); break;
+    case 0xdd: kind = 1; BE(4, n); break;
+    case 0xde: kind = 2; BE(2, n); break;
+    case 0xdf: kind = 2; BE(4, n); break;
+    default: return 0;      /* 0xc1 */
+    }
+#undef BE
+    if (kind == 0) {
+        NEED(skip);
+        return o + skip;
+    }
+    uint64_t elems = kind == 2 ? 2 * n : n;
+    NEED(elems);
+#undef NEED
+    for (uint64_t i = 0; i < elems; i++)
+        if (!(o = mp_scan(b, len, o, depth + 1)))
+            return 0;
+    return o;
+}
+
 json_t *mqt_msgpack_to_json(const void *buf, size_t len, struct mqt_problem *p)
 {
+    size_t end = mp_scan(buf, len, 0, 0);
+    if (!end) {
+        prob(p, MQT_E_MSGPACK, "", "not msgpack: truncated, malformed or nested deeper than "
+                                   "%d levels", MP_DEPTH_MAX);
+        return NULL;
+    }
+    if (end != len) {
+        prob(p, MQT_E_MSGPACK, "", "%zu trailing bytes after the value", len - end);
+        return NULL;
+    }
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
