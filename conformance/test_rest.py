@@ -340,7 +340,10 @@ def test_single_text_message(gw):
     assert env["conversation"] == {"id": "c1"}
     assert env["sender"] == {"id": "u1", "name": "Ann"}
     assert env["parts"] == [{"kind": "text", "text": "hello"}]
-    assert env["channel_msg_id"] == doc["id"]
+    # The answer names the envelope by its id (ABI 1.1 emit2); the adapter's
+    # own UUIDv7 for the request is the channel's message id.
+    assert env["id"] == doc["id"]
+    assert UUID_RX.match(env["channel_msg_id"]) and env["channel_msg_id"] != doc["id"]
     assert "idem" not in env
 
 
@@ -405,7 +408,8 @@ def test_batch(gw):
     seqs = [m["seq"] for m in out]
     assert seqs == sorted(seqs)
     for i, m in enumerate(out):
-        assert record(gw, "rest-a", m["seq"])["parts"][0]["text"] == "b%d" % i
+        env = record(gw, "rest-a", m["seq"])
+        assert env["parts"][0]["text"] == "b%d" % i and env["id"] == m["id"]
 
 
 def test_batch_with_a_bad_item_stores_nothing(gw):
@@ -877,6 +881,7 @@ def test_gateway_over_its_limit_is_429_with_item_results(gateway_factory):
     r2 = post(gw, "/b/messages", body, headers={"Idempotency-Key": key})
     assert r2.status == 429
     assert r2.json["messages"][0]["seq"] == items[0]["seq"]
+    assert r2.json["messages"][0]["id"] == items[0]["id"] == env["id"]   # the original
     # Single messages fit.
     assert post(gw, "/b/messages", MSG).status == 202
 

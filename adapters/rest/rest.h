@@ -181,7 +181,7 @@ int rest_idem_key_valid(const char *k, size_t len);
  * `mu` around every call.
  */
 struct rest_bent {
-    char *key;
+    char *key;                  /* in the same block as the entry */
     size_t klen;
     uint64_t hash;
     struct rest_bent *hnext, *older, *newer;

@@ -369,9 +369,11 @@ struct call;
 struct item {
     struct call *c;
     struct kfg_msg *m;           /* until emitted */
-    char id[37];
+    char id[40];                 /* the adapter's UUIDv7, replaced by the
+                                    envelope id once accepted (ABI 1.1) */
     int state;                   /* 0 waiting, 1 done, 2 not sent */
     int result;
+    int dup;                     /* the journal knew its idempotency key */
     uint64_t seq;
     char reason[160];
 };
@@ -421,22 +423,33 @@ static void call_finish(struct call *c)
     }
     int64_t now = wall_ms();
     for (size_t i = 0; i < c->n; i++)
-        if (c->it[i].state == 1 && c->it[i].result == KFG_OK)
+        /* A duplicate's record is the original's, made when it was new. */
+        if (c->it[i].state == 1 && c->it[i].result == KFG_OK && !c->it[i].dup)
             rest_status_add(r->status, c->it[i].id, "in", "accepted", c->it[i].seq, NULL,
                             NULL, now, NULL);
     if (worst == KFG_OK) {
-        json_t *o;
-        if (c->batch) {
-            o = json_object();
-            json_t *a = json_array();
-            for (size_t i = 0; i < c->n; i++)
-                json_array_append_new(a, item_json(&c->it[i]));
-            json_object_set_new(o, "messages", a);
+        char *body;
+        if (!c->batch && c->it[0].result == KFG_OK) {
+            /* The common answer, without building a JSON tree: the id is
+             * hex and dashes, nothing to escape. */
+            body = malloc(96);
+            if (body)
+                snprintf(body, 96, "{\"id\":\"%s\",\"seq\":%llu,\"status\":\"accepted\"}",
+                         c->it[0].id, (unsigned long long)c->it[0].seq);
         } else {
-            o = item_json(&c->it[0]);
+            json_t *o;
+            if (c->batch) {
+                o = json_object();
+                json_t *a = json_array();
+                for (size_t i = 0; i < c->n; i++)
+                    json_array_append_new(a, item_json(&c->it[i]));
+                json_object_set_new(o, "messages", a);
+            } else {
+                o = item_json(&c->it[0]);
+            }
+            body = json_dumps(o, JSON_COMPACT);
+            json_decref(o);
         }
-        char *body = json_dumps(o, JSON_COMPACT);
-        json_decref(o);
         if (c->have_idem) {
             if (body)
                 rest_idem_finish(r->idem, c->idem, c->idem_len, 202, body);
@@ -497,6 +510,16 @@ static void on_emitted(void *arg, int result, uint64_t seq, const char *reason)
     snprintf(it->reason, sizeof it->reason, "%s", reason ? reason : "");
     if (--c->left == 0)
         call_finish(c);
+}
+
+/* ABI 1.1: the same, with the envelope id (the original's for a duplicate). */
+static void on_emitted2(void *arg, const struct kfg_emit_result *res)
+{
+    struct item *it = arg;
+    if (res->result == KFG_OK && res->id && strlen(res->id) < sizeof it->id)
+        snprintf(it->id, sizeof it->id, "%s", res->id);
+    it->dup = res->duplicate;
+    on_emitted(arg, res->result, res->seq, res->reason);
 }
 
 static void post_messages(struct rest *r, struct kfg_request *req, struct timespec t0)
@@ -620,9 +643,9 @@ static void post_messages(struct rest *r, struct kfg_request *req, struct timesp
             break;
         }
         struct kfg_msg *m = ms.m;
-        /* The adapter's own id for the resource; the REST adapter is the
-         * channel, so it is the channel's message id (see ABI gaps: emit's
-         * completion does not hand back the envelope id). */
+        /* The adapter's own id for the message: the channel's message id
+         * in the envelope, and the answer's id where no envelope id comes
+         * back (a 1.0 host, a dropped or refused item). */
         int e = kfg_env_set_channel_msg_id(h, m, c->it[i].id, 36);
         if (e == KFG_OK && have_idem) {
             char idx[24];
@@ -662,7 +685,8 @@ static void post_messages(struct rest *r, struct kfg_request *req, struct timesp
         it->m = NULL;
         it->c = c;
         c->left++;
-        int rc = h->emit(r->ins, m, on_emitted, it);
+        int rc = HOST_HAS(h, emit2) ? h->emit2(r->ins, m, on_emitted2, it)
+                                    : h->emit(r->ins, m, on_emitted, it);
         if (rc != KFG_OK) {
             c->left--;
             it->m = m;     /* ours again: freed in call_finish */

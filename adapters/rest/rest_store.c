@@ -5,6 +5,7 @@
 #include "rest.h"
 
 #include <openssl/rand.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -42,8 +43,7 @@ static void ent_free(struct rest_bmap *m, struct rest_bent *e)
 {
     if (m->free_val && e->val)
         m->free_val(e->val);
-    free(e->key);
-    free(e);
+    free(e);     /* the key lives in the same block */
 }
 
 void rest_bmap_destroy(struct rest_bmap *m)
@@ -98,14 +98,12 @@ struct rest_bent *rest_bmap_insert(struct rest_bmap *m, const char *key, size_t 
             return NULL;
         rest_bmap_remove(m, v);
     }
-    struct rest_bent *e = calloc(1, sizeof *e);
+    /* One block for the entry and its key: inserts are on the ingest path. */
+    struct rest_bent *e = malloc(sizeof *e + klen + 1);
     if (!e)
         return NULL;
-    e->key = malloc(klen + 1);
-    if (!e->key) {
-        free(e);
-        return NULL;
-    }
+    memset(e, 0, sizeof *e);
+    e->key = (char *)(e + 1);
     memcpy(e->key, key, klen);
     e->key[klen] = '\0';
     e->klen = klen;
@@ -236,21 +234,45 @@ size_t rest_idem_count(struct rest_idem *m)
 }
 
 /* ---------------------------------------------------------------------------
- * Status records: id -> the receipts this instance has seen for it.
+ * Status records: id -> the receipts this instance has seen for it. Plain
+ * structs, JSON only when asked (GET): every accepted message makes one, so
+ * a record costs two allocations (entry + value), not a tree of JSON nodes.
  */
 #define RECEIPTS_MAX 32
+#define RECEIPTS_INLINE 2
 
-struct status_val {
-    json_t *obj;                /* {"id","direction","seq","receipts":[...]} */
-    int attempts;
-    int64_t first_ms;
+struct rcpt {
+    int64_t at;
+    uint64_t seq;
+    int attempts;               /* out: attempts so far, when > 0 */
+    char status[16];            /* our own short words */
+    char *code, *detail;        /* malloc'd or NULL */
 };
 
-static void status_val_free(void *v)
+struct status_val {
+    char dir[4];
+    uint64_t seq;
+    int attempts;
+    int64_t first_ms;
+    size_t n, cap;
+    struct rcpt *r;             /* `in` until more are needed */
+    struct rcpt in[RECEIPTS_INLINE];
+};
+
+static void rcpt_clear(struct rcpt *r)
 {
-    struct status_val *x = v;
-    json_decref(x->obj);
-    free(x);
+    free(r->code);
+    free(r->detail);
+}
+
+static void status_val_free(void *p)
+{
+    struct status_val *v = p;
+    for (size_t i = 0; i < v->n; i++)
+        rcpt_clear(&v->r[i]);
+    if (v->r != v->in)
+        free(v->r);
+    free(v);
 }
 
 struct rest_status {
@@ -275,59 +297,77 @@ void rest_status_free(struct rest_status *s)
     free(s);
 }
 
+/* A free slot at the end of v's receipts; NULL when out of memory. */
+static struct rcpt *rcpt_slot(struct status_val *v)
+{
+    if (v->n >= RECEIPTS_MAX) {
+        /* Bounded: the first receipt and the most recent ones are kept. */
+        rcpt_clear(&v->r[1]);
+        memmove(&v->r[1], &v->r[2], (v->n - 2) * sizeof *v->r);
+        v->n--;
+    } else if (v->n == v->cap) {
+        size_t nc = v->cap * 4 > RECEIPTS_MAX ? RECEIPTS_MAX : v->cap * 4;
+        struct rcpt *nr = malloc(nc * sizeof *nr);
+        if (!nr)
+            return NULL;
+        memcpy(nr, v->r, v->n * sizeof *nr);
+        if (v->r != v->in)
+            free(v->r);
+        v->r = nr;
+        v->cap = nc;
+    }
+    struct rcpt *r = &v->r[v->n++];
+    memset(r, 0, sizeof *r);
+    return r;
+}
+
 int rest_status_add(struct rest_status *s, const char *id, const char *dir,
                     const char *status, uint64_t seq, const char *code,
                     const char *detail, int64_t at_ms, int64_t *first_ms)
 {
-    int attempts = 0;
     size_t idlen = strlen(id);
+    /* Copies made outside the lock; only webhook receipts have them. */
+    char *c = code ? strdup(code) : NULL, *d = detail ? strdup(detail) : NULL;
     pthread_mutex_lock(&s->map.mu);
     struct rest_bent *e = rest_bmap_find(&s->map, id, idlen);
+    struct status_val *v = e ? e->val : NULL;
     if (!e) {
-        struct status_val *v = calloc(1, sizeof *v);
-        json_t *o = json_object();
-        if (v && o)
-            e = rest_bmap_insert(&s->map, id, idlen, NULL);
+        v = malloc(sizeof *v);
+        e = v ? rest_bmap_insert(&s->map, id, idlen, NULL) : NULL;
         if (!e) {
-            free(v);
-            json_decref(o);
             pthread_mutex_unlock(&s->map.mu);
+            free(v);
+            free(c);
+            free(d);
             if (first_ms)
                 *first_ms = at_ms;
             return 1;
         }
-        json_object_set_new(o, "id", json_string(id));
-        json_object_set_new(o, "direction", json_string(dir));
-        if (seq)
-            json_object_set_new(o, "seq", json_integer((json_int_t)seq));
-        json_object_set_new(o, "receipts", json_array());
-        v->obj = o;
+        memset(v, 0, sizeof *v);
+        snprintf(v->dir, sizeof v->dir, "%s", dir);
         v->first_ms = at_ms;
+        v->r = v->in;
+        v->cap = RECEIPTS_INLINE;
         e->val = v;
     }
-    struct status_val *v = e->val;
-    if (seq && !json_object_get(v->obj, "seq"))
-        json_object_set_new(v->obj, "seq", json_integer((json_int_t)seq));
+    if (seq && !v->seq)
+        v->seq = seq;
     if (strcmp(status, "attempt") == 0)
         v->attempts++;
-    attempts = v->attempts;
-    json_t *arr = json_object_get(v->obj, "receipts");
-    json_t *r = json_object();
-    json_object_set_new(r, "status", json_string(status));
-    json_object_set_new(r, "at", json_integer(at_ms));
-    if (seq)
-        json_object_set_new(r, "seq", json_integer((json_int_t)seq));
-    if (code)
-        json_object_set_new(r, "code", json_string(code));
-    if (detail)
-        json_object_set_new(r, "detail", json_string(detail));
-    if (v->attempts && strcmp(dir, "out") == 0)
-        json_object_set_new(r, "attempts", json_integer(v->attempts));
-    /* Bounded: the first receipt and the most recent ones are kept. */
-    if (json_array_size(arr) >= RECEIPTS_MAX)
-        json_array_remove(arr, 1);
-    json_array_append_new(arr, r);
-    json_object_set_new(v->obj, "status", json_string(status));
+    int attempts = v->attempts;
+    struct rcpt *r = rcpt_slot(v);
+    if (r) {
+        r->at = at_ms;
+        r->seq = seq;
+        snprintf(r->status, sizeof r->status, "%s", status);
+        r->code = c;
+        r->detail = d;
+        if (v->attempts && strcmp(v->dir, "out") == 0)
+            r->attempts = v->attempts;
+    } else {
+        free(c);
+        free(d);
+    }
     if (first_ms)
         *first_ms = v->first_ms;
     pthread_mutex_unlock(&s->map.mu);
@@ -336,24 +376,68 @@ int rest_status_add(struct rest_status *s, const char *id, const char *dir,
 
 json_t *rest_status_get(struct rest_status *s, const char *id)
 {
-    json_t *out = NULL;
+    json_t *o = NULL;
     pthread_mutex_lock(&s->map.mu);
     struct rest_bent *e = rest_bmap_find(&s->map, id, strlen(id));
-    if (e)
-        out = json_deep_copy(((struct status_val *)e->val)->obj);
+    if (e) {
+        const struct status_val *v = e->val;
+        o = json_object();
+        json_object_set_new(o, "id", json_string(id));
+        json_object_set_new(o, "direction", json_string(v->dir));
+        if (v->seq)
+            json_object_set_new(o, "seq", json_integer((json_int_t)v->seq));
+        json_t *arr = json_array();
+        for (size_t i = 0; i < v->n; i++) {
+            const struct rcpt *r = &v->r[i];
+            json_t *x = json_object();
+            json_object_set_new(x, "status", json_string(r->status));
+            json_object_set_new(x, "at", json_integer(r->at));
+            if (r->seq)
+                json_object_set_new(x, "seq", json_integer((json_int_t)r->seq));
+            if (r->code)
+                json_object_set_new(x, "code", json_string(r->code));
+            if (r->detail)
+                json_object_set_new(x, "detail", json_string(r->detail));
+            if (r->attempts)
+                json_object_set_new(x, "attempts", json_integer(r->attempts));
+            json_array_append_new(arr, x);
+        }
+        json_object_set_new(o, "receipts", arr);
+        if (v->n)
+            json_object_set_new(o, "status", json_string(v->r[v->n - 1].status));
+    }
     pthread_mutex_unlock(&s->map.mu);
-    return out;
+    return o;
+}
+
+/* Random bytes for ids, per thread: one getrandom per 32 ids rather than a
+ * syscall per message. Ids need to be unguessable-ish and unique, not secret. */
+static __thread unsigned char rnd_pool[512];
+static __thread size_t rnd_left;
+
+static void rnd_bytes(unsigned char *b, size_t n)
+{
+    if (rnd_left < n) {
+        if (getrandom(rnd_pool, sizeof rnd_pool, 0) != (ssize_t)sizeof rnd_pool &&
+            RAND_bytes(rnd_pool, sizeof rnd_pool) != 1) {
+            struct timespec t;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            for (size_t i = 0; i < n; i++)
+                b[i] = (unsigned char)((uint64_t)t.tv_nsec >> (i % 8 * 8));
+            return;
+        }
+        rnd_left = sizeof rnd_pool;
+    }
+    rnd_left -= n;
+    memcpy(b, rnd_pool + rnd_left, n);
+    /* Used bytes do not stay behind in the pool. */
+    memset(rnd_pool + rnd_left, 0, n);
 }
 
 void rest_uuid7(char out[37], int64_t now_ms)
 {
     unsigned char b[16];
-    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b && RAND_bytes(b, sizeof b) != 1) {
-        struct timespec t;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        for (size_t i = 0; i < sizeof b; i++)
-            b[i] = (unsigned char)((uint64_t)t.tv_nsec >> (i % 8 * 8));
-    }
+    rnd_bytes(b, sizeof b);
     uint64_t ms = (uint64_t)now_ms;
     for (int i = 0; i < 6; i++)
         b[i] = (unsigned char)(ms >> (40 - 8 * i));
