@@ -791,7 +791,11 @@ static int replay_each(void *arg, uint64_t seq, const struct kfg_msg *m)
     c->rp->count++;
     conn_push(c, o);
     out_unref(o);
-    return c->state == S_OPEN && c->rp->count < wi->resume_max ? 0 : 1;
+    if (c->state != S_OPEN || c->rp->count >= wi->resume_max)
+        return 1;
+    /* A replay must never trip the slow-reader rule by itself: past half the
+     * queue's limits the chunk ends here and goes on once the queue drained. */
+    return c->sq && (c->sq->n * 2 >= wi->sq_max || c->sq->bytes * 2 >= wi->sq_bytes);
 }
 
 static void replay_done(void *arg, int result, uint64_t next, int more)
