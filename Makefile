@@ -120,9 +120,11 @@ test-toml: $(BUILD)/kfgate-toml
 	$(PYTHON) conformance/toml/run_toml_test.py --bin $(BUILD)/kfgate-toml
 
 # The WeChat tests check our passive replies with a third-party library
-# (@wecom/crypto from the npm registry).
+# (@wecom/crypto from the npm registry); the widget's browser test drives
+# Debian's chromium with playwright-core (npm, no browser download).
 test-conformance: all
 	cd conformance/wechat && npm install --no-audit --no-fund --silent
+	cd conformance/websocket && npm install --no-audit --no-fund --silent
 	$(PYTHON) -m pytest -q conformance
 
 # The bus, ABI and HTTP suites again against the ASan+UBSan daemon: races

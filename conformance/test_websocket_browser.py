@@ -1,0 +1,147 @@
+"""End to end in a real browser: `make run`'s configuration (a copy of
+config.example.toml with its own ports, journal and bus endpoints) and the
+echo core beside the gateway; headless Debian chromium, driven by
+playwright-core (conformance/websocket/drive.js), loads the widget from the
+websocket instance, chats, survives forced reconnects and a reload.
+
+Nothing may be lost or doubled: every message typed shows once with its
+ack, every echo shows once, and the echo core answered each inbound message
+exactly once (so the resend after the dropped connection was deduplicated
+by the gateway, not hidden by the page)."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import tomllib
+
+import pytest
+
+from conftest import ROOT, KFGATE, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+DRIVER_DIR = os.path.join(ROOT, "conformance", "websocket")
+ECHO = os.path.join(ROOT, "build", "kfgate-echo")
+EXAMPLE = os.path.join(ROOT, "config.example.toml")
+
+
+def rewrite_config(text, tmp):
+    """config.example.toml with every listener on a free loopback port and
+    all state under tmp; everything else as `make run` has it."""
+    ports = {}
+    out, section = [], ""
+    for line in text.splitlines():
+        h = re.match(r"^\s*\[\[?([A-Za-z0-9_.-]+)\]\]?\s*$", line)
+        if h:
+            section = h.group(1)
+            out.append(line)
+            continue
+        m = re.match(r"^(\s*)([A-Za-z0-9_]+)(\s*=\s*)(.*)$", line)
+        if not m:
+            out.append(line)
+            continue
+        ind, key, eq, _ = m.groups()
+        new = None
+        if key == "listen" and not m.group(4).strip().startswith('""'):
+            p = free_port()
+            ports.setdefault(section, p)
+            new = '"127.0.0.1:%d"' % p
+        elif section == "gateway" and key == "plugin_dir":
+            new = json.dumps(os.path.join(ROOT, "build", "plugins"))
+        elif section == "journal" and key == "dir":
+            new = json.dumps(os.path.join(tmp, "journal"))
+        elif section == "bus" and key in ("feed", "replay", "outbound"):
+            new = json.dumps("ipc://%s/%s.ipc" % (tmp, key))
+        out.append(ind + key + eq + new if new is not None else line)
+    return "\n".join(out) + "\n", ports
+
+
+@pytest.fixture
+def make_run(tmp_path):
+    # ipc paths must stay short (107 bytes): a /tmp dir of our own.
+    tmp = tempfile.mkdtemp(prefix="kfw-", dir="/tmp")
+    with open(EXAMPLE) as f:
+        text, ports = rewrite_config(f.read(), tmp)
+    cfg = tomllib.loads(text)
+    ws = [a for a in cfg.get("adapter", []) if a.get("type") == "websocket"]
+    assert ws, "config.example.toml has no websocket instance"
+    cfg_path = os.path.join(tmp, "kfgate.toml")
+    with open(cfg_path, "w") as f:
+        f.write(text)
+    log_path = os.path.join(tmp, "kfgate.log")
+    logf = open(log_path, "wb")
+    gw = subprocess.Popen([KFGATE, "-c", cfg_path], cwd=ROOT, stdout=logf, stderr=logf)
+    echo_out = open(os.path.join(tmp, "echo.out"), "w+")
+    echo = subprocess.Popen([ECHO, "--feed", cfg["bus"]["feed"], "--replay", cfg["bus"]["replay"],
+                             "--outbound", cfg["bus"]["outbound"]],
+                            stdout=echo_out, stderr=subprocess.STDOUT, text=True)
+
+    def log():
+        with open(log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    deadline = time.monotonic() + 10
+    while "listening on" not in log():
+        assert gw.poll() is None, "kfgate exited:\n" + log()
+        assert time.monotonic() < deadline, "kfgate did not come up:\n" + log()
+        time.sleep(0.05)
+    env = {"port": ports["http"], "path": ws[0]["path"].rstrip("/"), "log": log,
+           "echo_out": echo_out}
+    try:
+        yield env
+    finally:
+        for p in (echo, gw):
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        logf.close()
+        echo_out.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_widget_chats_and_survives_reconnects(make_run):
+    assert os.path.isdir(os.path.join(DRIVER_DIR, "node_modules", "playwright-core")), \
+        "run `npm install` in conformance/websocket (make test-conformance does)"
+    url = "http://127.0.0.1:%d%s/widget" % (make_run["port"], make_run["path"])
+    r = subprocess.run(["node", os.path.join(DRIVER_DIR, "drive.js"), url, CHROMIUM],
+                       cwd=DRIVER_DIR, capture_output=True, text=True, timeout=120)
+    try:
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        pytest.fail("driver said nothing usable (rc %d):\n%s\n%s\ngateway log:\n%s"
+                    % (r.returncode, r.stdout, r.stderr, make_run["log"]()))
+    assert res["ok"], "browser step failed after %s: %s\nerrors: %s\ngateway log:\n%s" % (
+        [s["step"] for s in res["steps"]], res.get("failure"), res["errors"], make_run["log"]())
+    assert res["errors"] == [], res["errors"]
+    assert res["steps"][0]["status"] == 200
+    assert res["steps"][0]["ctype"].startswith("text/html")
+
+    sent = ["hello one", "hello two", "hello three", "hello four"]
+    mine = [ln for ln in res["lines"] if "kfg-out" in ln["cls"]]
+    echoes = [ln["text"] for ln in res["lines"] if "kfg-in" in ln["cls"]]
+    # Each typed message once, in order, each acknowledged (kept over the
+    # reload from sessionStorage); each echo exactly once, in order.
+    assert [ln["text"] for ln in mine] == sent, res["lines"]
+    assert all("kfg-sent" in ln["cls"] and ln["state"] == "✓" for ln in mine), mine
+    assert echoes == ["echo: " + t for t in sent], res["lines"]
+    assert res["state"]["pending"] == []
+    # "hello two" was sent in the same tick as the drop: its ack could not
+    # arrive on that socket, so the widget resent it and the gateway
+    # answered from its dedupe index.
+    offline = next(s for s in res["steps"] if s["step"].startswith("echo of a message typed"))
+    assert offline["stats"]["duplicates"] >= 1, offline
+    assert offline["stats"]["welcomes"] == 3, offline
+
+    # The core saw each message once: one answer per inbound record.
+    out = make_run["echo_out"]
+    out.flush()
+    out.seek(0)
+    answers = [json.loads(ln) for ln in out.read().splitlines() if ln.startswith("{")]
+    assert len(answers) == len(sent), answers
+    assert len({a["in_id"] for a in answers}) == len(sent)
+    assert all(a["ok"] and not a["duplicate"] for a in answers), answers
