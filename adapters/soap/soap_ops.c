@@ -451,20 +451,33 @@ static void xset_free(const struct soap_map *m, struct xset *x)
     free(x);
 }
 
+static void xpath_silent(void *ctx, xmlErrorPtr e)
+{
+    (void)ctx;
+    (void)e;
+}
+
 static struct xset *xset_new(const struct soap_map *m, size_t *bad)
 {
     struct xset *x = calloc(1, sizeof *x);
-    if (!x)
+    /* A context only to route compile errors away from stderr. */
+    xmlXPathContextPtr c = x ? xmlXPathNewContext(NULL) : NULL;
+    if (!c) {
+        free(x);
         return NULL;
+    }
+    c->error = xpath_silent;
     for (size_t i = 0; i < m->nexpr; i++) {
-        x->e[i] = xmlXPathCompile((const xmlChar *)m->expr[i]);
+        x->e[i] = xmlXPathCtxtCompile(c, (const xmlChar *)m->expr[i]);
         if (!x->e[i]) {
             if (bad)
                 *bad = i;
             xset_free(m, x);
+            xmlXPathFreeContext(c);
             return NULL;
         }
     }
+    xmlXPathFreeContext(c);
     return x;
 }
 
@@ -602,12 +615,6 @@ static xmlXPathContextPtr xctx(const struct soap_map *m, xmlDocPtr doc, xmlNodeP
         }
     x->node = node;
     return x;
-}
-
-static void xpath_silent(void *ctx, xmlErrorPtr e)
-{
-    (void)ctx;
-    (void)e;
 }
 
 /* String value of expression i at the context node; malloc'd (xmlFree) or

@@ -529,8 +529,8 @@ static int headers(struct soap_doc *d, const char *env_ns, struct soap_fault *f)
             t->present = 1;
             t->user = soap_trim(soap_text(d, soap_child(ut, SOAP_WSSE_NS, "Username")));
             xmlNodePtr pw = soap_child(ut, SOAP_WSSE_NS, "Password");
+            t->password = soap_text(d, pw);
             if (pw) {
-                t->password = soap_text(d, pw);
                 struct kfg_str ty = attr(pw, "Type", NULL);
                 t->digest = ty.ptr && ty.len >= 15 &&
                             memcmp(ty.ptr + ty.len - 15, "#PasswordDigest", 15) == 0;
@@ -542,14 +542,13 @@ static int headers(struct soap_doc *d, const char *env_ns, struct soap_fault *f)
                     return -1;
                 }
             }
+            /* Absent elements read as "" (soap_text of NULL); ptr NULL only
+             * when joining text ran out of memory. */
             xmlNodePtr no = soap_child(ut, SOAP_WSSE_NS, "Nonce");
-            if (no) {
-                t->nonce = soap_trim(soap_text(d, no));
+            t->nonce = soap_trim(soap_text(d, no));
+            if (no)
                 t->nonce_enc = attr(no, "EncodingType", NULL);
-            }
-            xmlNodePtr cr = soap_child(ut, SOAP_WSU_NS, "Created");
-            if (cr)
-                t->created = soap_trim(soap_text(d, cr));
+            t->created = soap_trim(soap_text(d, soap_child(ut, SOAP_WSU_NS, "Created")));
             if (!t->user.ptr || !t->password.ptr || !t->nonce.ptr || !t->created.ptr) {
                 soap_fault_set(f, 500, SOAP_FC_SERVER, "Internal", "out of memory");
                 return -1;
