@@ -42,7 +42,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from conftest import ROOT, Gateway, render_config
 
-WECHAT_SO = os.path.join(ROOT, "build", "plugins", "wechat.so")
+# WECHAT_SO: another build of the plugin (e.g. one with ASan) for a debugging run
+WECHAT_SO = os.environ.get("WECHAT_SO") or os.path.join(ROOT, "build", "plugins", "wechat.so")
 TAIL = os.path.join(ROOT, "build", "kfgate-tail")
 SEND = os.path.join(ROOT, "build", "kfgate-send")
 
