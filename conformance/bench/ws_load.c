@@ -53,6 +53,7 @@ struct conn {
     int fd;
     uint8_t state;
     uint8_t want_out;       /* EPOLLOUT registered */
+    uint8_t greeted;        /* a data frame arrived (welcome) */
     uint16_t inflight;
     uint32_t rlen, wlen, woff;
     uint32_t sent;          /* messages sent on this connection */
@@ -74,7 +75,7 @@ static struct {
 static struct conn *cs;
 static int ep;
 static volatile sig_atomic_t stop;
-static uint64_t n_open, n_handshakes, n_msgs, n_errors, n_closed_by_server, n_connecting;
+static uint64_t n_greeted, n_open, n_handshakes, n_msgs, n_errors, n_closed_by_server, n_connecting;
 static uint64_t err_connect, err_upgrade, err_proto;
 static int measuring;
 static uint64_t *hist;      /* latency histogram, see hist_idx */
@@ -148,6 +149,8 @@ static void conn_close(struct conn *c)
         return;
     if (c->state == S_OPEN)
         n_open--;
+    if (c->greeted)
+        n_greeted--;
     else
         n_connecting--;
     close(c->fd);
@@ -359,6 +362,10 @@ static int on_upgrade(struct conn *c)
 
 static void on_data(struct conn *c, const uint8_t *p, size_t n)
 {
+    if (!c->greeted) {
+        c->greeted = 1;
+        n_greeted++;
+    }
     if (o.mode != M_ECHO || !c->inflight)
         return;
     if (o.match[0] && !memmem(p, n, o.match, strlen(o.match)))
@@ -412,7 +419,7 @@ static int on_frames(struct conn *c)
             break;
         case 8:
             n_closed_by_server++;
-            if (len >= 2 && !stop)
+            if (len >= 2 && !stop && n_closed_by_server <= 3)  /* a few say why */
                 fprintf(stderr, "ws_load: server closed with %u %.*s\n",
                         (unsigned)(pl[0] << 8 | pl[1]), (int)len - 2, (const char *)pl + 2);
             return -1;
@@ -585,10 +592,13 @@ int main(int argc, char **argv)
             t_end = now + (uint64_t)o.seconds * 1000000000ull;
             n_handshakes = 0;
         }
-        if (o.mode != M_HANDSHAKE && !opened_at && next == o.conns && !n_connecting) {
+        /* With --hello, open means answered too (the server took the hello). */
+        if (o.mode != M_HANDSHAKE && !opened_at && next == o.conns && !n_connecting &&
+            (!o.hello || n_greeted == n_open)) {
             opened_at = now;
             if (o.mode == M_IDLE) {
-                printf("ready open=%llu errors=%llu secs=%.2f\n", (unsigned long long)n_open,
+                printf("ready open=%llu greeted=%llu errors=%llu secs=%.2f\n", (unsigned long long)n_open,
+                       (unsigned long long)n_greeted,
                        (unsigned long long)(n_errors + err_connect + err_upgrade),
                        (double)(now - t0) / 1e9);
                 fflush(stdout);
