@@ -886,6 +886,38 @@ def test_gateway_over_its_limit_is_429_with_item_results(gateway_factory):
     assert post(gw, "/b/messages", MSG).status == 202
 
 
+KWF_SO = os.path.join(ROOT, "build", "plugins", "keyword-filter.so")
+
+
+@pytest.mark.skipif(not os.path.exists(KWF_SO), reason="keyword-filter not built")
+def test_filter_drop_is_reported_per_item(gateway_factory):
+    """A filter that drops a message is not an error: 202 with status
+    "dropped" and the filter's reason (the adapter's id, no seq), and only
+    the other items of a batch are journaled."""
+    insts = [{"kind": "adapter", "type": "rest", "name": "rest-f", "tenant": "acme",
+              "path": "/f", "api_keys": [KEY]},
+             {"kind": "filter", "type": "keyword-filter", "name": "kw", "words": ["scam"]}]
+    gw = gateway_factory(start=False, plugins=[(REST_SO, "rest-adapter.so"),
+                                               (KWF_SO, "keyword-filter.so")],
+                         instances=insts)
+    gw.write_config(text=render_config(gw.plugin_dir, gw.http_port, gw.admin_port,
+                                       instances=insts, workdir=gw.dir))
+    gw.start()
+    r = post(gw, "/f/messages", dict(MSG, text="a refund scam"))
+    assert r.status == 202, r
+    doc = r.json
+    assert doc["status"] == "dropped" and doc["reason"] and "seq" not in doc, doc
+    assert UUID_RX.match(doc["id"])
+    r = post(gw, "/f/messages", {"messages": [dict(MSG, text="fine"),
+                                              dict(MSG, text="scam again")]})
+    assert r.status == 202, r
+    items = r.json["messages"]
+    assert [m["status"] for m in items] == ["accepted", "dropped"], items
+    recs = [x for x in tail(gw, "acme/rest/rest-f", lambda rs: len(rs) >= 1) if x.get("parts")]
+    assert [x["parts"][0]["text"] for x in recs] == ["fine"]
+    assert recs[0]["id"] == items[0]["id"]
+
+
 @needs_bus
 def test_webhook_concurrency_queues_per_instance(gw, rx):
     """rest-slow has webhook_concurrency = 1: its second delivery waits in
