@@ -38,7 +38,10 @@ import websockets
 from conftest import ROOT, Gateway, metric_value
 
 BUILD = os.path.join(ROOT, "build")
-SO = os.path.join(BUILD, "plugins", "websocket-adapter.so")
+# KFG_WS_SO / KFG_WS_PRELOAD run the suite against another build of the
+# adapter, e.g. one with -fsanitize=address and LD_PRELOAD=libasan.so.
+SO = os.environ.get("KFG_WS_SO") or os.path.join(BUILD, "plugins", "websocket-adapter.so")
+PRELOAD = os.environ.get("KFG_WS_PRELOAD")
 SEND = os.path.join(BUILD, "kfgate-send")
 TAIL = os.path.join(BUILD, "kfgate-tail")
 ECHO = os.path.join(BUILD, "kfgate-echo")
@@ -87,7 +90,9 @@ INSTANCES = [
 @pytest.fixture(scope="module")
 def gw():
     root = tempfile.mkdtemp(prefix="kfws-", dir="/tmp")
-    g = Gateway(root, plugins=[(SO, "websocket-adapter.so")], instances=INSTANCES, workers=2)
+    env = {"LD_PRELOAD": PRELOAD} if PRELOAD else None
+    g = Gateway(root, plugins=[(SO, "websocket-adapter.so")], instances=INSTANCES, workers=2,
+                env=env)
     g.feed = "ipc://%s/feed.ipc" % root
     g.replay = "ipc://%s/replay.ipc" % root
     g.outbound = "ipc://%s/outbound.ipc" % root

@@ -632,7 +632,8 @@ static void conn_close(struct ws_conn *c, unsigned code, const char *why)
     f[0] = 0x88;
     f[1] = (uint8_t)(2 + rl);
     uint8_t pl[125] = { (uint8_t)(code >> 8), (uint8_t)code };
-    memcpy(pl + 2, why, rl);
+    if (rl)
+        memcpy(pl + 2, why, rl);
     memcpy(f + 2, pl, 2 + rl);
     c->state = S_CLOSING;
     c->t = now_ms();
@@ -1314,6 +1315,10 @@ static struct ws_loopst *loop_state(struct ws_inst *wi, struct kfg_loop *loop)
 {
     pthread_mutex_lock(&wi->lock);
     struct ws_loopst *ls = NULL;
+    if (atomic_load(&wi->stopping)) {    /* stop has counted the loops already */
+        pthread_mutex_unlock(&wi->lock);
+        return NULL;
+    }
     for (size_t i = 0; i < wi->nloops; i++)
         if (wi->loops[i]->loop == loop)
             ls = wi->loops[i];
