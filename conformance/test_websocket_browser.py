@@ -2,7 +2,8 @@
 config.example.toml with its own ports, journal and bus endpoints) and the
 echo core beside the gateway; headless Debian chromium, driven by
 playwright-core (conformance/websocket/drive.js), loads the widget from the
-websocket instance, chats, survives forced reconnects and a reload.
+websocket instance, chats, survives forced reconnects and a reload, and a
+second tab of the same conversation receives the replies too.
 
 Nothing may be lost or doubled: every message typed shows once with its
 ack, every echo shows once, and the echo core answered each inbound message
@@ -121,7 +122,7 @@ def test_widget_chats_and_survives_reconnects(make_run):
     assert res["steps"][0]["status"] == 200
     assert res["steps"][0]["ctype"].startswith("text/html")
 
-    sent = ["hello one", "hello two", "hello three", "hello four"]
+    sent = ["hello one", "hello two", "hello three", "hello four", "hello five"]
     mine = [ln for ln in res["lines"] if "kfg-out" in ln["cls"]]
     echoes = [ln["text"] for ln in res["lines"] if "kfg-in" in ln["cls"]]
     # Each typed message once, in order, each acknowledged (kept over the
@@ -136,6 +137,11 @@ def test_widget_chats_and_survives_reconnects(make_run):
     offline = next(s for s in res["steps"] if s["step"].startswith("echo of a message typed"))
     assert offline["stats"]["duplicates"] >= 1, offline
     assert offline["stats"]["welcomes"] == 3, offline
+    # The second tab (same anonymous conversation, from localStorage) got
+    # the reply pushed to it: only that one, it joined live.
+    both = next(s for s in res["steps"] if s["step"] == "echo in both tabs")
+    assert both["tab2conv"] == res["state"]["conversation"]
+    assert [(ln["cls"], ln["text"]) for ln in both["tab2"]] == [("kfg-in", "echo: hello five")], both
 
     # The core saw each message once: one answer per inbound record.
     out = make_run["echo_out"]

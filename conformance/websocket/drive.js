@@ -5,7 +5,8 @@
 // Steps: chat once through the real form; send and drop the connection in
 // the same tick (the ack can never arrive on that socket, so the widget must
 // resend and the server must deduplicate); type while disconnected; reload
-// the tab; chat again.
+// the tab; chat again; open a second tab, whose widget joins the same
+// conversation and shows the next reply too.
 'use strict';
 const { chromium } = require('playwright-core');
 
@@ -17,17 +18,25 @@ async function main() {
   const errors = [];
   const steps = [];
   try {
-    const page = await browser.newPage();
+    // One context: its pages share localStorage (the anonymous conversation)
+    // like the tabs of one browser, each with its own sessionStorage.
+    const context = await browser.newContext();
+    const page = await context.newPage();
     page.on('pageerror', (e) => errors.push('pageerror: ' + e.message));
     page.on('console', (m) => { if (m.type() === 'error') errors.push('console: ' + m.text()); });
     page.on('response', (r) => { if (r.status() >= 400) errors.push(r.status() + ' ' + r.url()); });
     const welcomes = () => page.evaluate(() => window.kfgWidget.state().stats.welcomes);
-    const waitWelcomes = (n) => page.waitForFunction(
+    const waitWelcomes = (n, pg = page) => pg.waitForFunction(
       (k) => window.kfgWidget && window.kfgWidget.state().connected &&
              window.kfgWidget.state().stats.welcomes >= k, n, { timeout: STEP_MS });
-    const waitEcho = (text) => page.waitForFunction(
+    const waitEcho = (text, pg = page) => pg.waitForFunction(
       (t) => [...document.querySelectorAll('#kfg-log li.kfg-in .kfg-text')]
         .some((e) => e.textContent === 'echo: ' + t), text, { timeout: STEP_MS });
+    const linesOf = (pg) => pg.evaluate(() =>
+      [...document.querySelectorAll('#kfg-log li')].map((li) => ({
+        cls: li.className, text: li.querySelector('.kfg-text').textContent,
+        state: (li.querySelector('.kfg-state') || { textContent: null }).textContent,
+      })));
     const waitAcked = () => page.waitForFunction(
       () => window.kfgWidget.state().pending.length === 0, null, { timeout: STEP_MS });
     const typeAndSend = async (text) => {
@@ -72,14 +81,23 @@ async function main() {
     await waitAcked();
     steps.push({ step: 'echo after reload' });
 
+    // A second tab joins the same conversation: a reply reaches both.
+    const tab2 = await context.newPage();
+    tab2.on('pageerror', (e) => errors.push('tab2 pageerror: ' + e.message));
+    await tab2.goto(url);
+    await waitWelcomes(1, tab2);
+    await typeAndSend('hello five');
+    await waitEcho('hello five');
+    await waitEcho('hello five', tab2);
+    await waitAcked();
+    steps.push({ step: 'echo in both tabs', tab2: await linesOf(tab2),
+                 tab2conv: await tab2.evaluate(() => window.kfgWidget.state().conversation) });
+
     const shown = await page.evaluate(() => ({
-      lines: [...document.querySelectorAll('#kfg-log li')].map((li) => ({
-        cls: li.className, text: li.querySelector('.kfg-text').textContent,
-        state: (li.querySelector('.kfg-state') || { textContent: null }).textContent,
-      })),
       state: window.kfgWidget.state(),
       status: document.getElementById('kfg-status').textContent,
     }));
+    shown.lines = await linesOf(page);
     console.log(JSON.stringify({ ok: true, steps, errors, ...shown }));
   } catch (e) {
     console.log(JSON.stringify({ ok: false, steps, errors, failure: String(e && e.message || e) }));
