@@ -462,6 +462,61 @@ def test_broker_killed_mid_stream_no_qos1_message_lost():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_gateway_killed_mid_stream_no_qos1_message_lost():
+    """Ack after commit: the gateway is SIGKILLed while devices publish; what
+    the broker had not seen acknowledged it redelivers to the restarted
+    gateway (persistent session), so every QoS 1 message reaches the bus."""
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-gwkill-", dir="/tmp")
+    b = Broker(os.path.join(root, "broker"), persistence=False).start()
+    gw = None
+    c = None
+    try:
+        inst = dict(FAST, kind="adapter", type="mqtt", tenant="acme", name="fleet",
+                    brokers=[b.url], client_id="kfgate-fleet-gw", subscribe=["f/{device}/up"],
+                    json_text="/text", dedupe="/id")
+        gw = start_gateway(os.path.join(root, "gw"), [inst], [(MQTT_SO, "mqtt-adapter.so")])
+        assert wait_ready(gw, True)[0] == 200
+        c = paho.Client(client_id="fleet-pub-2", clean_session=False)
+        acked = set()
+        c.on_publish = lambda cl, ud, mid: acked.add(mid)
+        c.max_inflight_messages_set(100)
+        c.connect("127.0.0.1", b.port)
+        c.loop_start()
+        n = 3000
+        infos = []
+        for i in range(n):
+            infos.append(c.publish("f/d%d/up" % (i % 7), json.dumps({"text": "g%d" % i, "id": i}),
+                                   qos=1))
+            if i == 1500:
+                gw.proc.kill()      # SIGKILL: no drain, nothing flushed
+                gw.proc.wait(5)
+                gw.logf.close()
+            if i % 100 == 0:
+                time.sleep(0.01)
+        gw.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(x.mid in acked for x in infos):
+            time.sleep(0.05)
+
+        def complete(rs):
+            return len({text_of(r) for r in rs if r["dir"] == "in"}) >= n
+        recs = tail(gw, "fleet", complete, timeout=30)
+        got = {text_of(r) for r in recs if r["dir"] == "in"}
+        missing = sorted(set("g%d" % i for i in range(n)) - got, key=lambda s: int(s[1:]))
+        assert not missing, "lost %d QoS 1 messages: %s" % (len(missing), missing[:20])
+        texts = [text_of(r) for r in recs if r["dir"] == "in"]
+        assert len(texts) == len(set(texts)), "duplicates on the bus"
+        assert "session resumed" in gw.log()
+    finally:
+        if c:
+            c.loop_stop()
+            c.disconnect()
+        if gw:
+            gw.stop()
+        b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_broker_down_at_start_other_adapters_serve_then_it_connects():
     root = tempfile.mkdtemp(prefix="kfc-mqtt-late-", dir="/tmp")
     b = Broker(os.path.join(root, "broker"), persistence=False)     # not started yet

@@ -179,9 +179,11 @@ struct mq {
     int connected, connecting, subscribed_once;
     int64_t t_connect;
     int64_t backoff;
+    uint64_t rng;                   /* xorshift state for the jitter */
     struct kfg_timer *t_misc, *t_reconnect, *t_retry;
     char status[256];               /* why not connected, for health */
     int running, stopping;
+    int lib_ref;                    /* counted in lib_users */
 
     /* inbound */
     size_t pending, pending_qos;    /* emitted, completion not yet seen */
@@ -200,6 +202,10 @@ struct mq {
     struct kfg_metric *m_conn, *m_in[IN__N], *m_out[OUT__N], *m_err[MQT_E__N],
         *m_connects, *m_queue, *m_pending, *m_lat;
 };
+
+/* Instances of this plugin holding mosquitto_lib_init; init and destroy
+ * run on the control loop only, so no lock. */
+static unsigned lib_users;
 
 static int64_t now_ms(void)
 {
@@ -924,7 +930,10 @@ static void schedule_reconnect(struct mq *q)
         q->backoff = q->rc_max;
     /* Full jitter over the upper half, so a fleet of gateways that lost a
      * broker together does not come back in lockstep. */
-    int64_t d = q->backoff / 2 + (int64_t)((uint64_t)random() % (uint64_t)(q->backoff / 2 + 1));
+    q->rng ^= q->rng << 13;
+    q->rng ^= q->rng >> 7;
+    q->rng ^= q->rng << 17;
+    int64_t d = q->backoff / 2 + (int64_t)(q->rng % (uint64_t)(q->backoff / 2 + 1));
     if (q->nbrokers > 1)
         q->broker = (q->broker + 1) % q->nbrokers;
     size_t l = strlen(q->status);
@@ -1328,7 +1337,9 @@ static int mq_init_inner(struct mq *q)
     }
 
     /* The client. */
-    mosquitto_lib_init();
+    if (lib_users++ == 0)
+        mosquitto_lib_init();
+    q->lib_ref = 1;
     q->mosq = mosquitto_new(q->client_id, q->clean, q);
     if (!q->mosq) {
         h->log(ins, NULL, KFG_LOG_ERROR, "mosquitto_new: %s", strerror(errno));
@@ -1427,7 +1438,11 @@ static void mq_cleanup(struct mq *q)
     if (q->mosq) {
         mosquitto_destroy(q->mosq);
         q->mosq = NULL;
-        mosquitto_lib_cleanup();
+    }
+    if (q->lib_ref) {
+        q->lib_ref = 0;
+        if (--lib_users == 0)
+            mosquitto_lib_cleanup();
     }
     free(q->filters);
     q->filters = NULL;
@@ -1457,7 +1472,11 @@ static int mq_start(void *ctx)
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    srandom((unsigned)(ts.tv_nsec ^ (long)getpid()));
+    /* The instance's own jitter source: random() is the process's. */
+    q->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40) ^
+             (uint64_t)(uintptr_t)q;
+    if (!q->rng)
+        q->rng = 0x9e3779b97f4a7c15ull;
     q->running = 1;
     q->t_misc = q->host->timer_start(q->ins, 1000, 1, on_misc, q);
     if (!q->t_misc)
