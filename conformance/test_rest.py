@@ -808,6 +808,23 @@ def test_webhook_honours_retry_after(gw, rx, action):
 
 
 @needs_bus
+def test_webhook_malformed_retry_after_uses_the_backoff(gw, rx):
+    mark = gw.log_mark()
+    rx["main"].default = ["429:soon\x01"]
+    try:
+        ans = send_outbound(gw, outbound("rest-wh", "malformed hint"))
+        did = ans["id"]
+        receipts(gw, "rest-wh", did, want="sent")
+    finally:
+        rx["main"].default = []
+    assert [a["action"] for a in rx["main"].attempts(did)] == ["429:soon\x01", "ok"]
+    # The receiver's control byte is not copied into the log line.
+    gw.wait_log(r'malformed Retry-After \\"soon\?\\"', since=mark)
+    retrying = [x for x in out_receipts(gw, "wh", did) if x["status"] == "retrying"]
+    assert "malformed Retry-After ignored" in retrying[0]["detail"], retrying
+
+
+@needs_bus
 def test_webhook_absurd_retry_after_is_capped(gw, rx):
     """rest-age caps Retry-After at webhook_retry_after_max_s = 2."""
     rx["main"].default = ["429:99999999999999999999"]

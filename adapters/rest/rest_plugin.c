@@ -997,9 +997,15 @@ static void wh_done(struct wh_job *j, int result, int status, const char *error,
         } else if (ra && (status == 429 || status == 503)) {
             int64_t want;
             if (rest_retry_after_ms(ra, ra_len, now, &want) != 0) {
+                /* The receiver's bytes, made safe for a log line. */
+                char shown[65];
+                size_t k = 0;
+                for (; k < ra_len && k < sizeof shown - 1; k++)
+                    shown[k] = ra[k] >= 0x20 && ra[k] < 0x7f && ra[k] != '"' ? ra[k] : '?';
+                shown[k] = '\0';
                 r->host->log(r->ins, NULL, KFG_LOG_WARN,
-                             "delivery %s: receiver sent a malformed Retry-After \"%.*s\"; "
-                             "using the backoff", j->id, (int)(ra_len > 64 ? 64 : ra_len), ra);
+                             "delivery %s: receiver sent a malformed Retry-After \"%s\"; "
+                             "using the backoff", j->id, shown);
                 snprintf(detail + l, sizeof detail - l, "; malformed Retry-After ignored");
             } else if (want > 0) {
                 hint = rest_retry_cap(want, now, j->deadline_ms,
