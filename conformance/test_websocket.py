@@ -17,6 +17,7 @@ build/kfgate-tail, and the round trip uses build/kfgate-echo.
   test_multi_tab_delivery, test_echo_round_trip
   test_resume_nothing_lost_nothing_duplicated, test_resume_during_live_traffic
   test_slow_reader_closed_others_continue
+  test_keepalive_and_idle_timeout, test_shutdown_closes_1001
 """
 import asyncio
 import base64
@@ -81,6 +82,8 @@ INSTANCES = [
          allow_anonymous=True, rate_per_sec=1, rate_burst=3),
     dict(kind="adapter", type="websocket", name="cap", tenant=TENANT, path="/cap",
          allow_anonymous=True, max_connections_per_ip=2),
+    dict(kind="adapter", type="websocket", name="idle", tenant=TENANT, path="/idle",
+         allow_anonymous=True, ping_interval_ms=300, idle_timeout_ms=1000),
     dict(kind="adapter", type="websocket", name="slow", tenant=TENANT, path="/slow",
          allow_anonymous=True, token_secret=SECRET, send_queue_max=64,
          send_queue_bytes=131072, sndbuf_bytes=32768, resume_max=1000),
@@ -939,3 +942,83 @@ def test_slow_reader_closed_others_continue(gw):
                 got.append(f["seq"])
     got, r = run(resume())
     assert got == seqs and r["count"] == len(seqs)
+
+
+def test_keepalive_and_idle_timeout(gw):
+    """A silent client is pinged after ping_interval_ms and closed (1001) after
+    idle_timeout_ms; one that answers the pings stays."""
+    r = Raw(gw, path="/idle")
+    r.hello()
+    fin, op, p = r.recv_frame()
+    assert (op, p) == (9, b""), "a ping after ping_interval_ms"
+    assert r.expect_close(1001) == "idle timeout"
+
+    async def go():
+        async with websockets.connect(url(gw, "/idle")) as ws:   # answers pings itself
+            await hello(ws)
+            await asyncio.sleep(1.6)
+            await ws.send(json.dumps({"type": "message", "id": "alive", "text": "x"}))
+            assert (await recv_json(ws))["type"] == "ack"
+    run(go())
+
+
+def test_shutdown_closes_1001(gateway_factory):
+    """SIGTERM: every connection gets a 1001 and the daemon stops within its drain."""
+    g = gateway_factory(plugins=[(SO, "websocket-adapter.so")], workers=2,
+                        env={"LD_PRELOAD": PRELOAD} if PRELOAD else None,
+                        instances=[dict(kind="adapter", type="websocket", name="web",
+                                        tenant=TENANT, path="/ws", allow_anonymous=True)])
+    raws = [Raw(g) for _ in range(6)]
+    for r in raws[:4]:
+        r.hello()
+    # one client with an emit in flight and one that never said hello
+    raws[0].send_json({"type": "message", "id": "last", "text": "x"})
+    t0 = time.monotonic()
+    g.proc.send_signal(15)
+    for r in raws:
+        while True:
+            fin, op, p = r.recv_frame()
+            if op == 8:
+                break
+        assert struct.unpack("!H", p[:2])[0] == 1001
+    assert g.proc.wait(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
+    log = g.log()
+    assert "instance destroyed" in log
+    assert "drain timeout" not in log, "the adapter reported itself stopped"
+
+
+def test_reload_replaces_instance(gateway_factory):
+    """A changed instance table on reload: the old instance closes its
+    connections with 1001 and reports itself stopped; the new one serves, and
+    the journal still resumes the conversation."""
+    ins = dict(kind="adapter", type="websocket", name="web", tenant=TENANT, path="/ws",
+               allow_anonymous=True, token_secret=SECRET)
+    g = gateway_factory(plugins=[(SO, "websocket-adapter.so")], workers=2, instances=[ins],
+                        env={"LD_PRELOAD": PRELOAD} if PRELOAD else None)
+    g.outbound = "ipc://%s/outbound.ipc" % g.dir
+    tok = mint("reloader", conv="conv-reload")
+    old = Raw(g)
+    old.hello(token=tok)
+    [s1] = send_out(g, "web", "conv-reload", ["before reload"])
+    assert old.recv_json()["seq"] == s1
+    g.write_config([dict(ins, rate_per_sec=10)])
+    mark = g.log_mark()
+    r = g.admin("POST", "/admin/reload")
+    assert r.status == 200 and json.loads(r.body)["ok"], r
+    while True:
+        fin, op, p = old.recv_frame()
+        if op == 8:
+            break
+    assert struct.unpack("!H", p[:2])[0] == 1001
+    old.close()
+    g.wait_log(r"instance=web .*instance destroyed", since=mark)
+    assert "drain timeout" not in g.log()[mark:]
+    [s2] = send_out(g, "web", "conv-reload", ["after reload"])
+    new = Raw(g)
+    w = new.hello(token=tok, resume_from=s1)
+    assert w["rate"] == 10
+    m = new.recv_json()
+    assert (m["seq"], m["text"]) == (s2, "after reload")
+    assert new.recv_json()["type"] == "resumed"
+    new.close()
