@@ -9,6 +9,9 @@ Nothing may be lost or doubled: every message typed shows once with its
 ack, every echo shows once, and the echo core answered each inbound message
 exactly once (so the resend after the dropped connection was deduplicated
 by the gateway, not hidden by the page)."""
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -59,12 +62,41 @@ def rewrite_config(text, tmp):
     return "\n".join(out) + "\n", ports
 
 
+TOKEN_SECRET = "browser-test-secret-" + os.urandom(8).hex()
+
+
+def enable_tokens(text):
+    """The example's commented token_secret, switched on (from the
+    environment, as production would have it)."""
+    line = 'token_secret = "env:KFG_WS_TOKEN_SECRET"'
+    new, n = re.subn(r"(?m)^#\s*token_secret\s*=.*$", line, text, count=1)
+    if n:
+        return new
+    return re.sub(r'(?m)^type = "websocket"$', 'type = "websocket"\n' + line, text, count=1)
+
+
+def mint(secret, sub, conv=None, name=None, ttl=3600):
+    """spec/websocket.md section 4, as a tenant's back end does it."""
+    def b64u(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    p = {"sub": sub, "exp": int(time.time()) + ttl}
+    if conv:
+        p["conv"] = conv
+    if name:
+        p["name"] = name
+    body = "v1." + b64u(json.dumps(p, separators=(",", ":")).encode())
+    return body + "." + b64u(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
+
+
 @pytest.fixture
-def make_run(tmp_path):
+def make_run(request):
+    tokens = getattr(request, "param", None) == "tokens"
     # ipc paths must stay short (107 bytes): a /tmp dir of our own.
     tmp = tempfile.mkdtemp(prefix="kfw-", dir="/tmp")
     with open(EXAMPLE) as f:
         text, ports = rewrite_config(f.read(), tmp)
+    if tokens:
+        text = enable_tokens(text)
     cfg = tomllib.loads(text)
     ws = [a for a in cfg.get("adapter", []) if a.get("type") == "websocket"]
     assert ws, "config.example.toml has no websocket instance"
@@ -73,7 +105,8 @@ def make_run(tmp_path):
         f.write(text)
     log_path = os.path.join(tmp, "kfgate.log")
     logf = open(log_path, "wb")
-    gw = subprocess.Popen([KFGATE, "-c", cfg_path], cwd=ROOT, stdout=logf, stderr=logf)
+    gw = subprocess.Popen([KFGATE, "-c", cfg_path], cwd=ROOT, stdout=logf, stderr=logf,
+                          env=dict(os.environ, KFG_WS_TOKEN_SECRET=TOKEN_SECRET))
     echo_out = open(os.path.join(tmp, "echo.out"), "w+")
     echo = subprocess.Popen([ECHO, "--feed", cfg["bus"]["feed"], "--replay", cfg["bus"]["replay"],
                              "--outbound", cfg["bus"]["outbound"]],
@@ -105,11 +138,12 @@ def make_run(tmp_path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_widget_chats_and_survives_reconnects(make_run):
+def drive(make_run, query="", mode=None):
     assert os.path.isdir(os.path.join(DRIVER_DIR, "node_modules", "playwright-core")), \
         "run `npm install` in conformance/websocket (make test-conformance does)"
-    url = "http://127.0.0.1:%d%s/widget" % (make_run["port"], make_run["path"])
-    r = subprocess.run(["node", os.path.join(DRIVER_DIR, "drive.js"), url, CHROMIUM],
+    url = "http://127.0.0.1:%d%s/widget%s" % (make_run["port"], make_run["path"], query)
+    r = subprocess.run(["node", os.path.join(DRIVER_DIR, "drive.js"), url, CHROMIUM]
+                       + ([mode] if mode else []),
                        cwd=DRIVER_DIR, capture_output=True, text=True, timeout=120)
     try:
         res = json.loads(r.stdout.strip().splitlines()[-1])
@@ -119,6 +153,18 @@ def test_widget_chats_and_survives_reconnects(make_run):
     assert res["ok"], "browser step failed after %s: %s\nerrors: %s\ngateway log:\n%s" % (
         [s["step"] for s in res["steps"]], res.get("failure"), res["errors"], make_run["log"]())
     assert res["errors"] == [], res["errors"]
+    return res
+
+
+def echo_answers(make_run):
+    out = make_run["echo_out"]
+    out.flush()
+    out.seek(0)
+    return [json.loads(ln) for ln in out.read().splitlines() if ln.startswith("{")]
+
+
+def test_widget_chats_and_survives_reconnects(make_run):
+    res = drive(make_run)
     assert res["steps"][0]["status"] == 200
     assert res["steps"][0]["ctype"].startswith("text/html")
 
@@ -144,10 +190,20 @@ def test_widget_chats_and_survives_reconnects(make_run):
     assert [(ln["cls"], ln["text"]) for ln in both["tab2"]] == [("kfg-in", "echo: hello five")], both
 
     # The core saw each message once: one answer per inbound record.
-    out = make_run["echo_out"]
-    out.flush()
-    out.seek(0)
-    answers = [json.loads(ln) for ln in out.read().splitlines() if ln.startswith("{")]
+    answers = echo_answers(make_run)
     assert len(answers) == len(sent), answers
     assert len({a["in_id"] for a in answers}) == len(sent)
     assert all(a["ok"] and not a["duplicate"] for a in answers), answers
+
+
+@pytest.mark.parametrize("make_run", ["tokens"], indirect=True)
+def test_widget_with_a_visitor_token(make_run):
+    """?token= from the tenant's back end: the widget joins the token's
+    conversation (not an anonymous one) and chats."""
+    conv = "conv-" + os.urandom(6).hex()
+    token = mint(TOKEN_SECRET, "visitor-7", conv=conv, name="Ada")
+    res = drive(make_run, "?token=" + token, mode="short")
+    assert res["state"]["conversation"] == conv
+    assert [ln["text"] for ln in res["lines"]] == ["hello one", "echo: hello one"], res["lines"]
+    answers = echo_answers(make_run)
+    assert len(answers) == 1 and answers[0]["ok"], answers

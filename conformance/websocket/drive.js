@@ -1,6 +1,6 @@
 // Drives the chat widget in headless Debian chromium (playwright-core, no
 // browser download) for conformance/test_websocket_browser.py:
-//   node drive.js <widget URL> <chromium executable>
+//   node drive.js <widget URL> <chromium executable> [short]
 // Prints one JSON object with what the page showed; the pytest judges it.
 // Steps: chat once through the real form; send and drop the connection in
 // the same tick (the ack can never arrive on that socket, so the widget must
@@ -10,7 +10,7 @@
 'use strict';
 const { chromium } = require('playwright-core');
 
-const [url, exe] = process.argv.slice(2);
+const [url, exe, mode] = process.argv.slice(2);   // mode "short": load, chat once
 const STEP_MS = 15000;
 
 async function main() {
@@ -53,6 +53,11 @@ async function main() {
     await waitEcho('hello one');
     await waitAcked();
     steps.push({ step: 'first echo' });
+    if (mode === 'short') {
+      console.log(JSON.stringify({ ok: true, steps, errors, lines: await linesOf(page),
+                                   state: await page.evaluate(() => window.kfgWidget.state()) }));
+      return;
+    }
 
     // In flight when the socket goes: the ack is lost with it.
     const before = await welcomes();

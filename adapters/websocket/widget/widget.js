@@ -58,7 +58,16 @@
     conversation = 'anon:' + randomId(16);
     save(localStorage, 'anon', conversation);
   }
-  var scope = token ? 'tok:' + token.slice(-16) + ':' : conversation + ':';
+  // Position and unacked messages belong to a conversation. A token's
+  // payload names it (signed, not secret: spec §4), and the back end may mint
+  // a fresh token for every page view, so the token itself is no key.
+  function tokenConversation(t) {
+    try {
+      var p = JSON.parse(atob(t.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+      return String(p.conv || p.sub || '');
+    } catch (e) { return ''; }
+  }
+  var scope = (token ? 'tok:' + (tokenConversation(token) || token) : conversation) + ':';
 
   var lastSeq = load(sessionStorage, scope + 'seq', null);       // null: live only
   var pending = load(sessionStorage, scope + 'pending', []);     // [{id, text}] not acked
