@@ -178,6 +178,8 @@ def env():
              subscribe=["tls/{device}/up"], json_text="/text"),
         dict(base, name="v5", brokers=[b.url], protocol="5", subscribe=["v5/{device}/up"],
              json_text="/text", dedupe="correlation_data"),
+        dict(base, name="shared", brokers=[b.url], subscribe=["$share/kfg/sh/{device}/up"],
+             json_text="/text"),
     ]
     gw = start_gateway(os.path.join(root, "gw"), insts, [(MQTT_SO, "mqtt-adapter.so")])
     status, doc = wait_ready(gw, True)
@@ -390,12 +392,21 @@ def test_mqtt5_correlation_data_dedupe(env):
     assert recs[0]["idem"] == "dv:corr-42"
 
 
+def test_shared_subscription(env):
+    b, gw = env
+    pub(b, "sh/s-1/up", json.dumps({"text": "to the group"}))
+    r = inbound(gw, "shared", lambda r: text_of(r) == "to the group")[0]
+    assert r["sender"]["id"] == "s-1"
+    assert r["channel_data"]["topic"] == "sh/s-1/up"
+
+
 def test_readyz_and_metrics_when_healthy(env):
     b, gw = env
     status, doc = wait_ready(gw, True)
     assert status == 200
     names = {i["name"]: i["healthy"] for i in doc["instances"]}
-    assert names == {"dev": True, "mp": True, "raw": True, "tls": True, "v5": True}
+    assert names == {"dev": True, "mp": True, "raw": True, "tls": True, "v5": True,
+                     "shared": True}
     assert metric_value(gw.metrics(), "mqtt_connected", instance="tls") == 1
 
 

@@ -275,6 +275,26 @@ int mqt_filter_parse(const char *spec, struct mqt_filter *f, char *why, size_t c
     if (pl == 0)
         return fail(why, cap, "topic filter \"%s\": empty", spec);
     size_t o = 0, i = 0;
+    /* A shared subscription ($share/<group>/<filter>, MQTT 5 and Mosquitto
+     * for 3.1.1 too): the broker delivers the plain topic, so only the
+     * filter after the group is matched. */
+    if (pl > 7 && !memcmp(ps, "$share/", 7)) {
+        const char *g = ps + 7;
+        const char *ge = memchr(g, '/', pl - 7);
+        if (!ge || ge == g || ge + 1 >= ps + pl)
+            return fail(why, cap, "topic filter \"%.*s\": expected $share/<group>/<filter>",
+                        (int)pl, ps);
+        for (const char *c = g; c < ge; c++)
+            if (strchr("+#{}", *c))
+                return fail(why, cap, "topic filter \"%.*s\": invalid share group", (int)pl,
+                            ps);
+        o = (size_t)(ge + 1 - ps);
+        if (o >= sizeof f->sub)
+            goto toolong;
+        memcpy(f->sub, ps, o);
+        i = o;
+    }
+    size_t first_level = i;
     while (i <= pl) {
         const char *ls = ps + i;
         const char *slash = memchr(ls, '/', pl - i);
@@ -282,7 +302,7 @@ int mqt_filter_parse(const char *spec, struct mqt_filter *f, char *why, size_t c
         if (f->nlevels >= MQT_LEVELS_MAX)
             return fail(why, cap, "topic filter \"%.*s\": more than %d levels", (int)pl, ps,
                         MQT_LEVELS_MAX);
-        if (f->nlevels) {
+        if (i > first_level) {
             if (o + 1 >= sizeof f->sub)
                 goto toolong;
             f->sub[o++] = '/';

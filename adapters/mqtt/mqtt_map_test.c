@@ -196,6 +196,13 @@ static void test_filter_match(void **st)
     assert_memory_equal(c.v[0].ptr, "1", 1);
     assert_int_equal(mqt_filter_match(&f, "a", 1, &c), 0);
 
+    assert_int_equal(mqt_filter_parse("$share/gw/devices/{device}/up", &f, why, sizeof why), 0);
+    assert_string_equal(f.sub, "$share/gw/devices/+/up");
+    assert_int_equal(mqt_filter_match(&f, "devices/d9/up", 13, &c), 1);
+    assert_memory_equal(c.v[0].ptr, "d9", 2);
+    assert_int_equal(mqt_filter_parse("$share//x", &f, why, sizeof why), -1);
+    assert_int_equal(mqt_filter_parse("$share/g", &f, why, sizeof why), -1);
+
     assert_int_equal(mqt_filter_parse("#", &f, why, sizeof why), 0);
     assert_int_equal(mqt_filter_match(&f, "anything/at/all", 15, &c), 1);
 
