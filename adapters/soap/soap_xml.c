@@ -618,7 +618,7 @@ int soap_parse(struct soap_pool *pool, const struct soap_limits *lim, const char
     /* No NOENT (no entity substitution), no DTDLOAD/DTDATTR/DTDVALID, no
      * XINCLUDE, no HUGE (libxml2's own limits stay on), NONET. */
     const int opts = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING |
-                     XML_PARSE_NOCDATA | XML_PARSE_COMPACT;
+                     XML_PARSE_NOCDATA | XML_PARSE_COMPACT | XML_PARSE_IGNORE_ENC;
     xmlDocPtr doc = xmlCtxtReadMemory(ctxt, buf, (int)len, NULL, "UTF-8", opts);
     int stopped = ctxt->errNo == XML_ERR_USER_STOP;
     if (!doc || !ctxt->wellFormed || stopped) {
