@@ -339,12 +339,9 @@ static int run(struct ws_rx *rx, uint8_t *p, size_t n, size_t *used,
     return r;
 }
 
-int ws_rx_input(struct ws_rx *rx, uint8_t *buf, size_t len,
-                const struct ws_rx_ops *ops, void *arg, const char **why)
+static int input(struct ws_rx *rx, uint8_t *buf, size_t len, const struct ws_rx_ops *ops,
+                 void *arg, const char **why)
 {
-    *why = NULL;
-    if (rx->closed)
-        return 0;
     size_t used = 0;
     int r;
     if (rx->in_len) {
@@ -379,6 +376,22 @@ int ws_rx_input(struct ws_rx *rx, uint8_t *buf, size_t len,
             FAIL(WS_CLOSE_INTERNAL, "out of memory");
         memcpy(rx->in, buf + used, rest);
         rx->in_len = (uint32_t)rest;
+    }
+    return r;
+}
+
+int ws_rx_input(struct ws_rx *rx, uint8_t *buf, size_t len,
+                const struct ws_rx_ops *ops, void *arg, const char **why)
+{
+    *why = NULL;
+    if (rx->closed)
+        return 0;                   /* after a close or a failure: discard */
+    int r = input(rx, buf, len, ops, arg, why);
+    if (r >= 1000) {
+        /* The stream cannot be parsed past this point (RFC 6455 §7.1.7):
+         * everything after it is discarded, nothing more is kept. */
+        rx->closed = 1;
+        ws_rx_free(rx);
     }
     return r;
 }

@@ -179,7 +179,7 @@ struct ws_conn {
     uint16_t inflight;
     uint8_t state, sub;
     uint8_t pinged : 1, rd_paused : 1, wr_armed : 1, in_rx : 1, close_when_drained : 1,
-        anonymous : 1;
+        anonymous : 1, shut_when_drained : 1;
 };
 
 struct ws_inst;
@@ -532,6 +532,10 @@ static void flush(struct ws_conn *c)
         conn_finish(c);
         return;
     }
+    if (c->shut_when_drained) {
+        c->shut_when_drained = 0;
+        shutdown(c->fd, SHUT_WR);
+    }
     if (c->rp && c->rp->waiting)
         replay_next(c);
 }
@@ -639,6 +643,21 @@ static void conn_close(struct ws_conn *c, unsigned code, const char *why)
     c->t = now_ms();
     list_move(c, &c->ls->closing);
     conn_send(c, f, 4 + rl, NULL);
+}
+
+/* Fails the connection (RFC 6455 §7.1.7) after a violation of the framing:
+ * the receiver discards everything from here on, so the client's close frame
+ * would not be seen; our close frame is followed by a FIN, and the client's
+ * FIN (or close_timeout_ms) ends it. */
+static void conn_fail(struct ws_conn *c, unsigned code, const char *why)
+{
+    conn_close(c, code, why);
+    if (c->state != S_CLOSING)
+        return;
+    if (c->sq && c->sq->head)
+        c->shut_when_drained = 1;
+    else
+        shutdown(c->fd, SHUT_WR);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -893,7 +912,7 @@ static void emit_finish(struct ws_emit *e, int result, uint64_t seq, const char 
             c->rd_paused = 1;
             conn_update_events(c);
         } else if (r >= 1000) {
-            conn_close(c, (unsigned)r, why);
+            conn_fail(c, (unsigned)r, why);
         }
         if (c->state == S_DEAD)
             ws_rx_free(&c->rx);
@@ -1239,7 +1258,7 @@ static void conn_input(struct ws_conn *c, uint8_t *buf, size_t n)
         return;
     }
     if (r >= 1000) {
-        conn_close(c, (unsigned)r, why);
+        conn_fail(c, (unsigned)r, why);
     } else if (r == WS_RX_PAUSE && !c->rd_paused) {
         c->rd_paused = 1;
         conn_update_events(c);
