@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -986,8 +987,23 @@ static void do_read(struct mq *q)
 {
     if (holding(q) || q->stopping || mosquitto_socket(q->mosq) < 0)
         return;
-    int rc = mosquitto_loop_read(q->mosq, 1);
-    check_rc(q, rc);
+    /* libmosquitto 2.0 reads one QoS 1 packet per call. Everything already
+     * in the socket goes into one batch, so one journal commit releases
+     * many PUBACKs instead of one. */
+    for (int i = 0; i < 1024; i++) {
+        errno = 0;
+        int rc = mosquitto_loop_read(q->mosq, 1);
+        if (rc != MOSQ_ERR_SUCCESS) {
+            check_rc(q, rc);
+            break;
+        }
+        int fd = mosquitto_socket(q->mosq);
+        if (fd < 0 || q->pending >= q->max_pending || q->retry_head || errno == EAGAIN)
+            break;
+        int avail = 0;
+        if (!q->brokers[0].tls && (ioctl(fd, FIONREAD, &avail) != 0 || avail <= 0))
+            break;
+    }
     if (!holding(q) && mosquitto_socket(q->mosq) >= 0 && mosquitto_want_write(q->mosq))
         check_rc(q, mosquitto_loop_write(q->mosq, 1));
     update_io(q);
