@@ -65,7 +65,8 @@ VERSIONS = [11, 12]
 class Receiver:
     """Scripted SOAP server: each attempt for an envelope takes the next
     action of the default script ("ok", "server-fault", "client-fault",
-    "503", "stall:<s>"); then "ok". Records every request."""
+    "503", "429:<retry-after s>", "stall:<s>"); then "ok". Records every
+    request."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -117,10 +118,12 @@ class Receiver:
                     code, out = 500, '<s:Envelope xmlns:s="%s"><s:Body>%s</s:Body></s:Envelope>' % (
                         ns, f)
                 else:
-                    code, out, ct = int(action), "busy", "text/plain"
+                    code, out, ct = int(action.split(":")[0]), "busy", "text/plain"
                 data = out.encode()
                 try:
                     self.send_response(code)
+                    if ":" in action:
+                        self.send_header("Retry-After", action.split(":")[1])
                     self.send_header("Content-Type", ct)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
@@ -892,3 +895,94 @@ def test_callback_soap12_template_and_wsse(gw, rx):
         assert tok.findtext("{%s}Password" % WSSE) == want
     assert atts[0]["doc"].findtext(".//{%s}Nonce" % WSSE) != atts[1]["doc"].findtext(
         ".//{%s}Nonce" % WSSE)
+
+
+def test_callback_retry_after_is_honoured(gw, rx):
+    """A 429 with Retry-After: 2 delays the next attempt at least that long
+    (the host's own backoff here is at most 400 ms)."""
+    rx[0].default = ["429:2"]
+    try:
+        ans = send_outbound(gw, outbound("soap-a", "later please"))
+        atts = rx[0].wait_attempts(ans["id"], 2, timeout=10)
+    finally:
+        rx[0].default = []
+    assert atts[1]["t"] - atts[0]["t"] >= 1.9, (atts[0]["t"], atts[1]["t"])
+    rs = receipts(gw, "soap-a", ans["id"], want="sent")
+    assert rs[-1]["attempts"] == 2
+
+
+def test_metrics(gw, rx):
+    from conftest import metric_value
+    svc, _ = client(gw, wsse=alice())
+    svc.PushMessage(conversationId="c-metrics", text="counted")
+    assert raw(gw, env(11, push_body()), 11).status_code == 401
+    assert raw(gw, "<x/>", 11, path="/soap/lim").status_code == 400
+    rx[0].default = ["503"]
+    try:
+        ans = send_outbound(gw, outbound("soap-a", "count me"))
+        receipts(gw, "soap-a", ans["id"], want="sent")
+    finally:
+        rx[0].default = []
+    m = gw.metrics()
+    assert metric_value(m, "soap_requests_total", instance="soap-a", outcome="accepted") > 0
+    assert metric_value(m, "soap_requests_total", instance="soap-a", outcome="auth") > 0
+    assert metric_value(m, "soap_requests_total", instance="soap-lim",
+                        outcome="client_fault") > 0
+    assert metric_value(m, "soap_deliveries_total", instance="soap-a", outcome="retry") > 0
+
+
+def test_reload_waits_for_a_callback_in_flight(gateway_factory):
+    """A changed instance is replaced on reload; the old one, with a call in
+    flight, stops with KFG_AGAIN and reports stopped once the call finished;
+    the delivery still counts (sent) and the new generation answers at once."""
+    slow = Receiver()
+    slow.default = ["stall:1.0"]
+    try:
+        inst = {"kind": "adapter", "type": "soap", "name": "soap-r", "tenant": "acme",
+                "path": "/r", "auth": "none", "endpoint_url": slow.url}
+        gw = gateway_factory(start=False, plugins=[(SOAP_SO, "soap-adapter.so")],
+                             instances=[inst])
+        gw.write_config(text=render_config(gw.plugin_dir, gw.http_port, gw.admin_port,
+                                           instances=[inst], workdir=gw.dir))
+        gw.start()
+        ans = send_outbound(gw, outbound("soap-r", "in flight"))
+        slow.wait_attempts(ans["id"], 1, timeout=5)
+        mark = gw.log_mark()
+        changed = dict(inst, max_text=1000)
+        gw.write_config(text=render_config(gw.plugin_dir, gw.http_port, gw.admin_port,
+                                           instances=[changed], workdir=gw.dir))
+        r = gw.admin("POST", "/admin/reload")
+        assert r.status == 200, r
+        assert raw(gw, env(11, push_body()), 11, path="/r").status_code == 200
+        gw.wait_log(r"instance=soap-r .*stopping, 1 outbound call\(s\) in flight", since=mark)
+        gw.wait_log(r"instance=soap-r .*drained", since=mark, timeout=5)
+        rs = receipts(gw, "soap-r", ans["id"], want="sent")
+        assert [x["status"] for x in rs] == ["accepted", "sent"]
+        assert len(slow.attempts(ans["id"])) == 1
+    finally:
+        slow.close()
+
+
+def test_bad_config_is_refused_naming_the_key(gateway_factory):
+    cases = [
+        ({"auth": "wsse"}, "needs users"),
+        ({"auth": "none", "namespaces": ["t=urn:t"], "map_operation": "t:Op",
+          "map_conversation": "u:X", "map_sender": "t:S", "map_text": "t:T",
+          "map_response": "<t:R xmlns:t='urn:t'/>"}, "u:X"),
+        ({"auth": "none", "map_text": "t:T"}, "map_text is set but map_operation is not"),
+        ({"auth": "wsse", "users": ["x=env:KFG_TEST_SOAP_NOT_SET"]},
+         "KFG_TEST_SOAP_NOT_SET is not set"),
+        ({"auth": "none", "endpoint_template": "<a><b></a>"}, "endpoint_template"),
+    ]
+    for extra, want in cases:
+        inst = dict({"kind": "adapter", "type": "soap", "name": "soap-bad", "tenant": "acme",
+                     "path": "/bad"}, **extra)
+        gw = gateway_factory(start=False, plugins=[(SOAP_SO, "soap-adapter.so")],
+                             instances=[inst])
+        gw.env.pop("KFG_TEST_SOAP_NOT_SET", None)
+        gw.start(expect_ok=False)
+        deadline = time.monotonic() + 10
+        while want not in gw.log() and time.monotonic() < deadline and gw.proc.poll() is None:
+            time.sleep(0.05)
+        assert want in gw.log(), (extra, gw.log())
+        gw.stop()
