@@ -582,6 +582,45 @@ def test_broker_down_at_start_other_adapters_serve_then_it_connects():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_reload_replaces_the_client_without_losing_messages():
+    """SIGHUP with a changed table: the new generation connects with the same
+    client id (the broker hands the session over), the old one drains."""
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-reload-", dir="/tmp")
+    b = Broker(os.path.join(root, "broker"), persistence=False).start()
+    gw = None
+    try:
+        inst = dict(FAST, kind="adapter", type="mqtt", tenant="acme", name="rl",
+                    brokers=[b.url], client_id="kfgate-rl", subscribe=["rl/{device}/up"],
+                    json_text="/text", dedupe="/id")
+        gw = start_gateway(os.path.join(root, "gw"), [inst], [(MQTT_SO, "mqtt-adapter.so")])
+        assert wait_ready(gw, True)[0] == 200
+        pub(b, "rl/a/up", json.dumps({"text": "before", "id": 1}))
+        inbound(gw, "rl", lambda r: text_of(r) == "before")
+        text = open(gw.config_path).read().replace('json_text = "/text"',
+                                                   'json_text = "/text"\n'
+                                                   'json_fields = ["sender.name=/who"]')
+        gw.write_config(text=text)
+        mark = gw.log_mark()
+        gw.sighup()
+        gw.wait_log("instance destroyed", since=mark, timeout=10)
+        assert wait_ready(gw, True)[0] == 200
+        for i in range(20):
+            pub(b, "rl/a/up", json.dumps({"text": "after %d" % i, "id": 100 + i, "who": "Ann"}),
+                qos=1)
+        recs = inbound(gw, "rl", lambda r: (text_of(r) or "").startswith("after"))
+        recs = tail(gw, "rl", lambda rs: len([r for r in rs if (text_of(r) or "")
+                                              .startswith("after")]) >= 20)
+        after = [r for r in recs if (text_of(r) or "").startswith("after")]
+        assert len(after) == 20
+        assert all(r["sender"].get("name") == "Ann" for r in after)
+        assert gw.alive()
+    finally:
+        if gw:
+            gw.stop()
+        b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_wrong_ca_is_unhealthy_with_reason():
     root = tempfile.mkdtemp(prefix="kfc-mqtt-ca-", dir="/tmp")
     b = Broker(os.path.join(root, "broker"), tls=True, persistence=False).start()

@@ -184,7 +184,7 @@ struct mq {
     struct kfg_timer *t_misc, *t_reconnect, *t_retry;
     char status[256];               /* why not connected, for health */
     int running, stopping;
-    int lib_ref;                    /* counted in lib_users */
+    int lib_ref;                    /* holds a mosquitto_lib_init */
 
     /* inbound */
     size_t pending, pending_qos;    /* emitted, completion not yet seen */
@@ -203,10 +203,6 @@ struct mq {
     struct kfg_metric *m_conn, *m_in[IN__N], *m_out[OUT__N], *m_err[MQT_E__N],
         *m_connects, *m_queue, *m_pending, *m_lat;
 };
-
-/* Instances of this plugin holding mosquitto_lib_init; init and destroy
- * run on the control loop only, so no lock. */
-static unsigned lib_users;
 
 static int64_t now_ms(void)
 {
@@ -1353,8 +1349,9 @@ static int mq_init_inner(struct mq *q)
     }
 
     /* The client. */
-    if (lib_users++ == 0)
-        mosquitto_lib_init();
+    /* Reference counted inside libmosquitto 2.0 (shared by every copy of
+     * this .so a reload loads), so one init per instance, one cleanup. */
+    mosquitto_lib_init();
     q->lib_ref = 1;
     q->mosq = mosquitto_new(q->client_id, q->clean, q);
     if (!q->mosq) {
@@ -1457,8 +1454,7 @@ static void mq_cleanup(struct mq *q)
     }
     if (q->lib_ref) {
         q->lib_ref = 0;
-        if (--lib_users == 0)
-            mosquitto_lib_cleanup();
+        mosquitto_lib_cleanup();
     }
     free(q->filters);
     q->filters = NULL;
