@@ -38,7 +38,8 @@ from zeep.wsse.username import UsernameToken
 
 from conftest import ROOT, Gateway, free_port, render_config
 
-SOAP_SO = os.path.join(ROOT, "build", "plugins", "soap-adapter.so")
+# KFG_SOAP_SO: another build of the adapter (e.g. with ASan, see adapters/soap/README.md).
+SOAP_SO = os.environ.get("KFG_SOAP_SO") or os.path.join(ROOT, "build", "plugins", "soap-adapter.so")
 TAIL = os.path.join(ROOT, "build", "kfgate-tail")
 SEND = os.path.join(ROOT, "build", "kfgate-send")
 EXAMPLE = os.path.join(ROOT, "config.example.toml")

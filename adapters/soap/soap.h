@@ -350,7 +350,7 @@ struct soap_store;
 struct soap_rec {
     char id[64];             /* adapter message id (inbound) or envelope id */
     char envelope_id[64];
-    char idem[256];
+    char idem[512];
     char dir[4];             /* "in" / "out" */
     char status[16];         /* accepted, dropped, sending, retrying, sent, failed */
     uint64_t seq;

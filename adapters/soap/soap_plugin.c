@@ -73,8 +73,9 @@ static const struct kfg_config_key soap_config[] = {
     { "max_depth", KFG_CFG_INT, 0, "32", "deepest element nesting" },
     { "max_elements", KFG_CFG_INT, 0, "10000", "most elements in one request" },
     { "max_text", KFG_CFG_INT, 0, "65536", "longest text value in bytes" },
-    { "status_records", KFG_CFG_INT, 0, "100000",
-      "messages GetMessageStatus remembers (in memory, since the instance started)" },
+    { "status_records", KFG_CFG_INT, 0, "10000",
+      "messages GetMessageStatus remembers (in memory, about 1 KiB each, since the "
+      "instance started)" },
     { "retry_after_s", KFG_CFG_INT, 0, "1", "Retry-After of overload faults (HTTP 503)" },
     { "keep_raw", KFG_CFG_BOOL, 0, "false", "keep the request envelope in raw.body" },
     { "native", KFG_CFG_BOOL, 0, "true", "serve kfgate's own operations" },

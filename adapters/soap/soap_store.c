@@ -141,7 +141,7 @@ void soap_store_put(struct soap_store *s, const struct soap_rec *r)
                 link_key(s, idx, w);
             }
         }
-        char env[64], idem[256];
+        char env[64], idem[512];
         memcpy(env, e->r.envelope_id, sizeof env);
         memcpy(idem, e->r.idem, sizeof idem);
         e->r = *r;
