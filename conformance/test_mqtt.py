@@ -621,6 +621,70 @@ def test_reload_replaces_the_client_without_losing_messages():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_username_password_from_environment():
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-auth-", dir="/tmp")
+    bdir = os.path.join(root, "broker")
+    os.makedirs(bdir)
+    pwfile = os.path.join(bdir, "passwd")
+    subprocess.run(["mosquitto_passwd", "-c", "-b", pwfile, "gw", "s3cret-pw"], check=True,
+                   capture_output=True)
+    b = Broker(bdir, persistence=False,
+               extra="allow_anonymous false\npassword_file %s" % pwfile).start()
+    gw = None
+    try:
+        base = dict(FAST, kind="adapter", type="mqtt", tenant="acme", brokers=[b.url],
+                    json_text="/text", username="gw")
+        insts = [dict(base, name="good", password="env:KFG_TEST_MQTT_PW",
+                      subscribe=["auth/{device}/up"]),
+                 dict(base, name="wrong", password="not-it", subscribe=["other/{device}/up"])]
+        gw = start_gateway(os.path.join(root, "gw"), insts, [(MQTT_SO, "mqtt-adapter.so")],
+                           env={"KFG_TEST_MQTT_PW": "s3cret-pw"})
+        time.sleep(1.0)
+        status, doc = wait_ready(gw, True, timeout=0.5)
+        health = {i["name"]: i for i in doc["instances"]}
+        assert health["good"]["healthy"] is True
+        assert health["wrong"]["healthy"] is False
+        assert "refused" in health["wrong"]["detail"], health["wrong"]
+        assert status == 503
+        subprocess.run([PUB, "-h", "127.0.0.1", "-p", str(b.port), "-u", "gw", "-P", "s3cret-pw",
+                        "-q", "1", "-t", "auth/a1/up", "-m", json.dumps({"text": "authed"})],
+                       check=True, timeout=10)
+        inbound(gw, "good", lambda r: text_of(r) == "authed")
+        assert "s3cret-pw" not in gw.log()
+    finally:
+        if gw:
+            gw.stop()
+        b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mutual_tls_client_certificate():
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-mtls-", dir="/tmp")
+    b = Broker(os.path.join(root, "broker"), tls=True, persistence=False,
+               extra="require_certificate true").start()
+    gw = None
+    try:
+        base = dict(FAST, kind="adapter", type="mqtt", tenant="acme", brokers=[b.tls_url],
+                    tls_ca=b.ca_path, json_text="/text")
+        insts = [dict(base, name="mtls", tls_cert=b.client_cert, tls_key=b.client_key,
+                      subscribe=["m/{device}/up"]),
+                 dict(base, name="nocert", subscribe=["n/{device}/up"])]
+        gw = start_gateway(os.path.join(root, "gw"), insts, [(MQTT_SO, "mqtt-adapter.so")])
+        time.sleep(1.0)
+        status, doc = wait_ready(gw, True, timeout=0.5)
+        health = {i["name"]: i for i in doc["instances"]}
+        assert health["mtls"]["healthy"] is True, health
+        assert health["nocert"]["healthy"] is False
+        pub(b, "m/c1/up", json.dumps({"text": "mutual"}), port=b.tls_port,
+            extra=["--cafile", b.ca_path, "--cert", b.client_cert, "--key", b.client_key])
+        inbound(gw, "mtls", lambda r: text_of(r) == "mutual")
+    finally:
+        if gw:
+            gw.stop()
+        b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_wrong_ca_is_unhealthy_with_reason():
     root = tempfile.mkdtemp(prefix="kfc-mqtt-ca-", dir="/tmp")
     b = Broker(os.path.join(root, "broker"), tls=True, persistence=False).start()

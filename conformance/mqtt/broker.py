@@ -54,12 +54,14 @@ def make_ca(directory, cn="kfgate test CA"):
     return key, cert, path
 
 
-def make_server_cert(directory, ca_key, ca_cert):
-    """A server certificate for 127.0.0.1 / localhost signed by the CA;
-    returns (cert_path, key_path)."""
+def make_server_cert(directory, ca_key, ca_cert, client=False):
+    """A server certificate for 127.0.0.1 / localhost (or, client=True, a
+    client certificate) signed by the CA; returns (cert_path, key_path)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost"))
+    eku = x509.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.ExtendedKeyUsageOID.SERVER_AUTH
+    cert = (x509.CertificateBuilder().subject_name(_name("kfgate-client" if client
+                                                         else "localhost"))
             .issuer_name(ca_cert.subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -67,11 +69,11 @@ def make_server_cert(directory, ca_key, ca_cert):
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    cp = os.path.join(directory, "server.crt")
-    kp = os.path.join(directory, "server.key")
+    stem = "client" if client else "server"
+    cp = os.path.join(directory, stem + ".crt")
+    kp = os.path.join(directory, stem + ".key")
     with open(cp, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(kp, "wb") as f:
@@ -113,6 +115,9 @@ class Broker:
         if tls:
             ca_key, ca_cert, self.ca_path = make_ca(directory)
             cp, kp = make_server_cert(directory, ca_key, ca_cert)
+            # For mutual TLS tests: a client certificate from the same CA.
+            self.client_cert, self.client_key = make_server_cert(directory, ca_key, ca_cert,
+                                                                 client=True)
             lines += ["listener %d 127.0.0.1" % self.tls_port,
                       "certfile %s" % cp, "keyfile %s" % kp, "cafile %s" % self.ca_path]
         lines.append(extra)
