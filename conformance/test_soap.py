@@ -611,13 +611,15 @@ def test_fault_malformed_xml(gw, version):
 
 def test_fault_not_soap_at_all(gw):
     r = raw(gw, '{"text": "hi"}', ctype="application/json")
-    assert_raw_fault(r, 11, 415, "client", "UnsupportedMediaType")
+    assert_raw_fault(r, 11, 400, "client", "UnsupportedMediaType")
     r = raw(gw, "<order><id>1</id></order>", 11)
     f = assert_raw_fault(r, 11, 400, "client", "NotSoap")
     assert "<order>" in f["reason"]
-    # A SOAP 1.2 envelope sent as text/xml: answered in 1.2, 415.
+    # A SOAP 1.2 envelope sent as text/xml: SOAP after all, answered in 1.2.
     r = raw(gw, env(12, push_body()), ctype="text/xml")
-    assert_raw_fault(r, 12, 415, "client", "UnsupportedMediaType")
+    assert_raw_fault(r, 12, 500, "client", "UnsupportedMediaType")
+    r = raw(gw, env(11, push_body()), ctype="text/xml; charset=iso-8859-1")
+    assert_raw_fault(r, 11, 400, "client", "UnsupportedMediaType")
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -900,7 +900,8 @@ void soap_process(const struct soap_cfg *c, const struct soap_in *in,
     int cv = soap_ctype_version(in->ctype.ptr, in->ctype.len, &ct_action);
     o->version = cv > 0 ? cv : 11;
     if (cv < 0) {
-        soap_fault_set(f, 415, SOAP_FC_CLIENT, "UnsupportedMediaType",
+        /* Refused before parsing: nothing says it is SOAP at all, so 400. */
+        soap_fault_set(f, 400, SOAP_FC_CLIENT, "UnsupportedMediaType",
                        "only charset=utf-8 is accepted");
         return;
     }
@@ -910,14 +911,15 @@ void soap_process(const struct soap_cfg *c, const struct soap_in *in,
             o->version = d.version;
         soap_doc_free(&d);
         if (!cv && f->http == 400)
-            soap_fault_set(f, 415, SOAP_FC_CLIENT, "UnsupportedMediaType",
+            soap_fault_set(f, 400, SOAP_FC_CLIENT, "UnsupportedMediaType",
                            "Content-Type must be text/xml (SOAP 1.1) or application/soap+xml "
                            "(SOAP 1.2)");
         return;
     }
     o->version = d.version;
     if (cv != d.version) {
-        soap_fault_set(f, 415, SOAP_FC_CLIENT, "UnsupportedMediaType",
+        /* A SOAP envelope, so a SOAP fault with HTTP 500 like every other. */
+        soap_fault_set(f, 500, SOAP_FC_CLIENT, "UnsupportedMediaType",
                        "a SOAP %s envelope must be sent as Content-Type %s",
                        d.version == 12 ? "1.2" : "1.1",
                        d.version == 12 ? "application/soap+xml" : "text/xml");

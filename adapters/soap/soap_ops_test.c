@@ -170,14 +170,16 @@ static void faults(void **st)
     expect(500, SOAP_FC_CLIENT, "InvalidField");
     /* Content types. */
     run("application/json", NULL, ENV11(""));
-    expect(415, SOAP_FC_CLIENT, "UnsupportedMediaType");
+    expect(500, SOAP_FC_CLIENT, "UnsupportedMediaType");   /* SOAP, wrong type */
     run("application/soap+xml", NULL, ENV11(""));
-    expect(415, SOAP_FC_CLIENT, "UnsupportedMediaType");
+    expect(500, SOAP_FC_CLIENT, "UnsupportedMediaType");
     assert_int_equal(out.version, 11);   /* answered in the envelope's version */
     run("text/xml", NULL, "<notsoap/>");
     expect(400, SOAP_FC_CLIENT, "NotSoap");
     run("application/json", NULL, "{\"a\":1}");
-    expect(415, SOAP_FC_CLIENT, "UnsupportedMediaType");
+    expect(400, SOAP_FC_CLIENT, "UnsupportedMediaType");   /* not SOAP at all */
+    run("text/xml; charset=latin1", NULL, ENV11(""));
+    expect(400, SOAP_FC_CLIENT, "UnsupportedMediaType");
     run("application/soap+xml", NULL, "<a>");
     expect(400, SOAP_FC_CLIENT, "MalformedXml");
     assert_int_equal(out.version, 12);
