@@ -217,7 +217,8 @@ def instances(rx, rx12):
              users=["alice=wonderland", "bob=env:KFG_TEST_SOAP_BOB"], wsse_window_s=120,
              endpoint_url=rx.url, endpoint_timeout_ms=800, endpoint_max_attempts=4),
         dict(base, name="soap-b", path="/soap/b", auth="basic", users=["carol=c4r0l"]),
-        dict(base, name="soap-lim", path="/soap/lim", auth="none", max_body=4096, max_depth=8),
+        dict(base, name="soap-lim", path="/soap/lim", auth="none", max_body=4096, max_depth=8,
+             keep_raw=True),
         tickets,
     ]
 
@@ -534,6 +535,18 @@ def test_ws_addressing_message_id_is_the_idempotency_key(gw, version):
     assert recs[0]["channel_data"]["soap_message_id"] == mid
     st = svc.GetMessageStatus(messageId=mid)
     assert st.messageId == a.messageId and st.idem == esc
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_keep_raw_keeps_the_envelope(gw, version):
+    body = env(version, push_body(text="raw me", conv="c-raw-%d" % version))
+    r = raw(gw, body, version, path="/soap/lim")
+    assert r.status_code == 200, r.content
+    seq = int(etree.fromstring(r.content).findtext(".//{%s}seq" % KFG))
+    e = record(gw, "soap-lim", seq)
+    assert base64.b64decode(e["raw"]["body"]["$bin"]).decode() == body
+    assert e["raw"]["ctype"] == ("application/soap+xml" if version == 12 else "text/xml")
+    assert e["sender"] == {"id": "u-raw"} and e["parts"] == [{"kind": "text", "text": "raw me"}]
 
 
 # ---------------------------------------------------------------------------
