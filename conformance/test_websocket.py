@@ -79,7 +79,7 @@ INSTANCES = [
     dict(kind="adapter", type="websocket", name="auth", tenant=TENANT, path="/auth",
          token_secret=SECRET),
     dict(kind="adapter", type="websocket", name="rl", tenant=TENANT, path="/rl",
-         allow_anonymous=True, rate_per_sec=1, rate_burst=3),
+         allowed_origins=["*"], allow_anonymous=True, rate_per_sec=1, rate_burst=3),
     dict(kind="adapter", type="websocket", name="cap", tenant=TENANT, path="/cap",
          allow_anonymous=True, max_connections_per_ip=2),
     dict(kind="adapter", type="websocket", name="idle", tenant=TENANT, path="/idle",
@@ -344,6 +344,13 @@ def test_handshake_refusals(gw):
                 pass
         assert e.value.status_code == 403
     run(go())
+
+
+def test_any_origin(gw):
+    """allowed_origins = ["*"]: any Origin passes."""
+    for o in ("https://evil.example", "null", "http://127.0.0.1:1"):
+        st, r = raw_http(gw, upgrade_head(gw, path="/rl", extra="Origin: %s\r\n" % o))
+        assert st == 101, (o, r)
 
 
 def test_same_origin_default(gw):
@@ -1026,3 +1033,34 @@ def test_reload_replaces_instance(gateway_factory):
     assert (m["seq"], m["text"]) == (s2, "after reload")
     assert new.recv_json()["type"] == "resumed"
     new.close()
+
+
+def test_outbound_typing_and_event(gw):
+    """Outbound typing and event envelopes reach the tab as typing/event frames with seq."""
+    async def go():
+        async with websockets.connect(url(gw)) as ws:
+            await hello(ws, token=mint("typer", conv="conv-typing"))
+            envs = [{"v": 1, "instance": "web", "dir": "out", "type": "typing",
+                     "conversation": {"id": "conv-typing"}, "sender": {"id": "agent-7"}},
+                    {"v": 1, "instance": "web", "dir": "out", "type": "event",
+                     "conversation": {"id": "conv-typing"}, "sender": {"id": "agent-7"},
+                     "parts": [{"kind": "event", "name": "read", "value": "42"}]}]
+            r = subprocess.run([SEND, "--outbound", gw.outbound],
+                               input="".join(json.dumps(e) + "\n" for e in envs),
+                               capture_output=True, text=True, timeout=30)
+            answers = [json.loads(ln) for ln in r.stdout.splitlines()]
+            assert all(a["ok"] for a in answers), r.stdout + r.stderr
+            t = await recv_json(ws)
+            assert t["type"] == "typing" and t["seq"] == answers[0]["seq"]
+            assert t["sender"] == {"id": "agent-7"}
+            e = await recv_json(ws)
+            assert e["type"] == "event" and e["seq"] == answers[1]["seq"]
+            assert (e["name"], e["value"]) == ("read", "42")
+            # a resume skips the stale typing indication but keeps the event
+        async with websockets.connect(url(gw)) as ws:
+            await hello(ws, token=mint("typer", conv="conv-typing"),
+                        resume_from=answers[0]["seq"] - 1)
+            f = await recv_json(ws)
+            assert f["type"] == "event" and f["seq"] == answers[1]["seq"]
+            assert (await recv_json(ws))["type"] == "resumed"
+    run(go())
