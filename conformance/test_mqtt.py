@@ -528,6 +528,36 @@ def test_gateway_killed_mid_stream_no_qos1_message_lost():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_mqtt5_persistent_session_survives_a_gateway_restart():
+    """protocol 5 + clean_session = false: the CONNECT carries a Session
+    Expiry Interval, so what devices publish while the gateway is down is
+    queued by the broker and delivered after the restart."""
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-v5s-", dir="/tmp")
+    b = Broker(os.path.join(root, "broker"), persistence=False).start()
+    gw = None
+    try:
+        inst = dict(FAST, kind="adapter", type="mqtt", tenant="acme", name="v5s",
+                    brokers=[b.url], protocol="5", client_id="kfgate-v5s",
+                    session_expiry_s=600, subscribe=["v5s/{device}/up"], json_text="/text")
+        gw = start_gateway(os.path.join(root, "gw"), [inst], [(MQTT_SO, "mqtt-adapter.so")])
+        assert wait_ready(gw, True)[0] == 200
+        gw.proc.kill()
+        gw.proc.wait(5)
+        gw.logf.close()
+        for i in range(10):
+            pub(b, "v5s/d/up", json.dumps({"text": "while down %d" % i}))
+        gw.start()
+        recs = tail(gw, "v5s", lambda rs: len([r for r in rs if r["dir"] == "in"]) >= 10)
+        texts = sorted(text_of(r) for r in recs if r["dir"] == "in")
+        assert texts == sorted("while down %d" % i for i in range(10))
+        assert "session resumed" in gw.log()
+    finally:
+        if gw:
+            gw.stop()
+        b.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_broker_down_at_start_other_adapters_serve_then_it_connects():
     root = tempfile.mkdtemp(prefix="kfc-mqtt-late-", dir="/tmp")
     b = Broker(os.path.join(root, "broker"), persistence=False)     # not started yet

@@ -58,6 +58,8 @@ static const struct kfg_config_key mq_config[] = {
     { "clean_session", KFG_CFG_BOOL, 0, "false",
       "false: persistent session (the broker queues QoS 1/2 messages while we are away)" },
     { "protocol", KFG_CFG_STRING, 0, "3.1.1", "\"3.1.1\" or \"5\"" },
+    { "session_expiry_s", KFG_CFG_INT, 0, "86400",
+      "MQTT 5, persistent session, mqtt://: how long the broker keeps it after a disconnect" },
     { "username", KFG_CFG_STRING, 0, NULL, "MQTT user name" },
     { "password", KFG_CFG_SECRET, 0, NULL, "MQTT password; \"env:NAME\" reads the environment" },
     { "tls_ca", KFG_CFG_STRING, 0, NULL,
@@ -159,10 +161,10 @@ struct mq {
     struct mqt_url brokers[MQ_BROKERS_MAX];
     size_t nbrokers, broker;
     char client_id[128];
-    int clean, v5, qos, pub_qos, keepalive;
+    int clean, v5, v5_session, qos, pub_qos, keepalive;
     int pub_text;
     int bad_event;
-    int64_t connect_timeout, rc_min, rc_max;
+    int64_t connect_timeout, rc_min, rc_max, session_expiry;
     size_t max_pending, q_max;
     int64_t q_ms, pub_timeout;
     struct mqt_filter *filters;
@@ -182,6 +184,8 @@ struct mq {
     int64_t backoff;
     uint64_t rng;                   /* xorshift state for the jitter */
     struct kfg_timer *t_misc, *t_reconnect, *t_retry;
+    struct event probe_ev;          /* MQTT 5 sessions: see connect_v5 */
+    int probe_fd, probe_set;
     char status[256];               /* why not connected, for health */
     int running, stopping;
     int lib_ref;                    /* holds a mosquitto_lib_init */
@@ -940,6 +944,117 @@ static void schedule_reconnect(struct mq *q)
     update_io(q);
 }
 
+/* MQTT 5 sessions. libmosquitto 2.0 sends CONNECT properties only from its
+ * blocking connect, and a v5 CONNECT without a Session Expiry Interval ends
+ * the session at the first disconnect. So for a persistent v5 session on
+ * mqtt:// the broker is first probed with a non-blocking TCP connect of our
+ * own; once it answered, the blocking connect costs one round trip to a
+ * broker known to be there, and the socket is made non-blocking at once.
+ * (Over mqtts:// it would also run the TLS handshake blocking, which a
+ * stalled broker could stretch without bound: not done, spec section 6.4.) */
+static void connect_fail(struct mq *q, const char *what, const char *why)
+{
+    const struct mqt_url *b = &q->brokers[q->broker];
+    snprintf(q->status, sizeof q->status, "%s %s://%s:%d: %s", what, b->tls ? "mqtts" : "mqtt",
+             b->host, b->port, why);
+    q->host->log(q->ins, NULL, KFG_LOG_DEBUG, "%s", q->status);
+    schedule_reconnect(q);
+}
+
+static void connect_v5(struct mq *q)
+{
+    const struct mqt_url *b = &q->brokers[q->broker];
+    mosquitto_property *props = NULL;
+    int rc = mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+                                          (uint32_t)q->session_expiry);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_connect_bind_v5(q->mosq, b->host, b->port, q->keepalive, NULL, props);
+    mosquitto_property_free_all(&props);
+    int fd = mosquitto_socket(q->mosq);
+    if (rc != MOSQ_ERR_SUCCESS || fd < 0) {
+        connect_fail(q, "cannot connect to", mosq_err(rc));
+        return;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        shutdown(fd, SHUT_RDWR);
+        connect_fail(q, "cannot make the socket non-blocking for", strerror(errno));
+        return;
+    }
+    snprintf(q->status, sizeof q->status, "connecting to mqtt://%s:%d", b->host, b->port);
+    q->connecting = 1;
+    q->t_connect = now_ms();
+    update_io(q);
+}
+
+static void probe_close(struct mq *q)
+{
+    if (q->probe_set)
+        event_del(&q->probe_ev);
+    q->probe_set = 0;
+    if (q->probe_fd >= 0)
+        close(q->probe_fd);
+    q->probe_fd = -1;
+}
+
+static void probe_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct mq *q = arg;
+    int err = 0;
+    socklen_t l = sizeof err;
+    if (what & EV_TIMEOUT)
+        err = ETIMEDOUT;
+    else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
+        err = errno;
+    probe_close(q);
+    if (!q->running)
+        return;
+    if (err)
+        connect_fail(q, "cannot connect to", strerror(err));
+    else
+        connect_v5(q);
+}
+
+static void probe_start(struct mq *q)
+{
+    const struct mqt_url *b = &q->brokers[q->broker];
+    char port[8];
+    snprintf(port, sizeof port, "%d", b->port);
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    struct addrinfo *ai = NULL;
+    int g = getaddrinfo(b->host, port, &hints, &ai);
+    if (g != 0 || !ai) {
+        connect_fail(q, "cannot resolve", gai_strerror(g));
+        return;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int rc = fd < 0 ? -1 : connect(fd, ai->ai_addr, ai->ai_addrlen);
+    int err = errno;
+    freeaddrinfo(ai);
+    if (fd < 0 || (rc != 0 && err != EINPROGRESS)) {
+        if (fd >= 0)
+            close(fd);
+        connect_fail(q, "cannot connect to", strerror(err));
+        return;
+    }
+    if (rc == 0) {
+        close(fd);
+        connect_v5(q);
+        return;
+    }
+    q->probe_fd = fd;
+    struct timeval tv = { (time_t)(q->connect_timeout / 1000),
+                          (suseconds_t)((q->connect_timeout % 1000) * 1000) };
+    if (event_assign(&q->probe_ev, q->base, fd, EV_WRITE, probe_done, q) != 0 ||
+        event_add(&q->probe_ev, &tv) != 0) {
+        probe_close(q);
+        connect_fail(q, "cannot wait for", "libevent refused the probe");
+        return;
+    }
+    q->probe_set = 1;
+    snprintf(q->status, sizeof q->status, "connecting to mqtt://%s:%d", b->host, b->port);
+}
+
 static void do_connect(void *arg)
 {
     struct mq *q = arg;
@@ -950,6 +1065,10 @@ static void do_connect(void *arg)
     if (!q->running)
         return;
     const struct mqt_url *b = &q->brokers[q->broker];
+    if (q->v5_session) {
+        probe_start(q);
+        return;
+    }
     int rc = mosquitto_connect_async(q->mosq, b->host, b->port, q->keepalive);
     if (rc != MOSQ_ERR_SUCCESS) {
         snprintf(q->status, sizeof q->status, "cannot connect to %s://%s:%d: %s",
@@ -1195,7 +1314,8 @@ static int mq_init_inner(struct mq *q)
         h->log(ins, NULL, KFG_LOG_ERROR, "protocol must be \"3.1.1\" or \"5\"");
         return KFG_EINVAL;
     }
-    if ((rc = cfg_int(q, "keepalive_s", 5, 3600, &v)))
+    if ((rc = cfg_int(q, "session_expiry_s", 0, UINT32_MAX, &q->session_expiry)) ||
+        (rc = cfg_int(q, "keepalive_s", 5, 3600, &v)))
         return rc;
     q->keepalive = (int)v;
     if ((rc = cfg_int(q, "connect_timeout_ms", 100, 600000, &q->connect_timeout)) ||
@@ -1395,13 +1515,11 @@ static int mq_init_inner(struct mq *q)
     } else if (ca || cert || key) {
         h->log(ins, NULL, KFG_LOG_WARN, "tls_* keys are ignored for mqtt:// brokers");
     }
-    if (q->v5 && !q->clean) {
-        /* libmosquitto 2.0 sends CONNECT properties only with its blocking
-         * connect; without a session expiry a v5 session would end at the
-         * first disconnect. See spec/mqtt.md (MQTT 5 sessions). */
-        h->log(ins, NULL, KFG_LOG_WARN, "MQTT 5 persistent session: the broker keeps it only "
-               "as long as its own default session expiry allows (see spec/mqtt.md)");
-    }
+    q->v5_session = q->v5 && !q->clean && !q->brokers[0].tls && q->session_expiry > 0;
+    if (q->v5 && !q->clean && q->brokers[0].tls)
+        h->log(ins, NULL, KFG_LOG_WARN, "MQTT 5 over mqtts://: the session ends at each "
+               "disconnect (no Session Expiry Interval, spec/mqtt.md section 6.4); use "
+               "protocol 3.1.1 for a durable session");
     mosquitto_connect_v5_callback_set(q->mosq, on_connect);
     mosquitto_disconnect_v5_callback_set(q->mosq, on_disconnect);
     mosquitto_message_v5_callback_set(q->mosq, on_message);
@@ -1467,6 +1585,7 @@ static int mq_init(struct kfg_instance *ins, const struct kfg_host *host, void *
     q->host = host;
     q->name = host->instance_name(ins);
     q->fd = -1;
+    q->probe_fd = -1;
     snprintf(q->status, sizeof q->status, "not started");
     int rc = mq_init_inner(q);
     if (rc != KFG_OK)
@@ -1513,6 +1632,7 @@ static int mq_stop(void *ctx)
     if (q->t_retry)
         q->host->timer_free(q->t_retry);
     q->t_reconnect = q->t_misc = q->t_retry = NULL;
+    probe_close(q);
     struct job *j;
     while ((j = q_pop(q)))
         job_finish(j, KFG_RETRY, "mqtt:stopping", "the instance is stopping");
@@ -1572,6 +1692,7 @@ static void mq_destroy(void *ctx)
     if (q->ev_set)
         event_del(&q->ev);
     q->ev_set = 0;
+    probe_close(q);
     /* The host finished deliveries still held here after a drain timeout;
      * only the memory is ours. */
     struct job *j;
