@@ -83,7 +83,8 @@ INSTANCES = [
     dict(kind="adapter", type="websocket", name="cap", tenant=TENANT, path="/cap",
          allow_anonymous=True, max_connections_per_ip=2),
     dict(kind="adapter", type="websocket", name="idle", tenant=TENANT, path="/idle",
-         allow_anonymous=True, ping_interval_ms=300, idle_timeout_ms=1000),
+         allow_anonymous=True, ping_interval_ms=300, idle_timeout_ms=1000, max_inflight=2,
+         rate_per_sec=1000, rate_burst=1000),
     dict(kind="adapter", type="websocket", name="slow", tenant=TENANT, path="/slow",
          allow_anonymous=True, token_secret=SECRET, send_queue_max=64,
          send_queue_bytes=131072, sndbuf_bytes=32768, resume_max=1000),
@@ -1064,3 +1065,21 @@ def test_outbound_typing_and_event(gw):
             assert f["type"] == "event" and f["seq"] == answers[1]["seq"]
             assert (await recv_json(ws))["type"] == "resumed"
     run(go())
+
+
+def test_inflight_limit_pauses_reading(gw):
+    """max_inflight = 2: 60 messages in one write are read two at a time as
+    acks come back; every one is acknowledged, in order, none refused."""
+    r = Raw(gw, path="/idle")
+    r.hello()
+    burst = b"".join(Raw.frame(1, json.dumps({"type": "message", "id": "b%d" % i,
+                                              "text": "x"}).encode()) for i in range(60))
+    r.sock.sendall(burst)
+    acks = []
+    while len(acks) < 60:
+        f = r.recv_json()
+        assert f["type"] == "ack", f
+        acks.append(f)
+    assert [a["id"] for a in acks] == ["b%d" % i for i in range(60)]
+    assert [a["seq"] for a in acks] == sorted(a["seq"] for a in acks)
+    r.close()

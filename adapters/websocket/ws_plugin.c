@@ -536,7 +536,7 @@ static void flush(struct ws_conn *c)
         c->shut_when_drained = 0;
         shutdown(c->fd, SHUT_WR);
     }
-    if (c->rp && c->rp->waiting)
+    if (c->rp && c->rp->waiting && c->state == S_OPEN)
         replay_next(c);
 }
 
@@ -633,6 +633,10 @@ static void conn_close(struct ws_conn *c, unsigned code, const char *why)
         rl = 123;
     while (rl && ((uint8_t)why[rl] & 0xC0) == 0x80)
         rl--;                    /* do not cut a UTF-8 sequence */
+    if (rl && !ws_utf8_valid((const uint8_t *)why, rl)) {
+        why = "invalid frame";   /* a parser's text quoting the input */
+        rl = strlen(why);
+    }
     f[0] = 0x88;
     f[1] = (uint8_t)(2 + rl);
     uint8_t pl[125] = { (uint8_t)(code >> 8), (uint8_t)code };
@@ -642,6 +646,10 @@ static void conn_close(struct ws_conn *c, unsigned code, const char *why)
     c->state = S_CLOSING;
     c->t = now_ms();
     list_move(c, &c->ls->closing);
+    if (c->rd_paused) {          /* read on: the client's close frame must be seen */
+        c->rd_paused = 0;
+        conn_update_events(c);
+    }
     conn_send(c, f, 4 + rl, NULL);
 }
 
