@@ -136,6 +136,12 @@ test-conformance-asan: all $(BUILD)/kfgate-asan
 	KFGATE_BIN=$(CURDIR)/$(BUILD)/kfgate-asan \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(PYTHON) -m pytest -q $(ASAN_SUITES)
+	$(MAKE) --no-print-directory -C adapters/websocket asan OUT=$(CURDIR)/$(BUILD)/plugins \
+	    KFGATE_INCLUDE=$(CURDIR)/gateway/include
+	KFGATE_BIN=$(CURDIR)/$(BUILD)/kfgate-asan \
+	KFG_WS_SO=$(CURDIR)/$(BUILD)/plugins/asan/websocket-adapter.so \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(PYTHON) -m pytest -q conformance/test_websocket.py
 
 # A short bounded run of every harness on its seed corpus: catches regressions
 # in CI; `make fuzz` is the long run.
