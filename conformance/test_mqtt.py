@@ -29,7 +29,9 @@ from conftest import ROOT, Gateway, metric_value, render_config
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mqtt"))
 from broker import Broker  # noqa: E402
 
-MQTT_SO = os.path.join(ROOT, "build", "plugins", "mqtt-adapter.so")
+# KFG_MQTT_SO: another build of the adapter (e.g. with ASan, beside KFGATE_BIN).
+MQTT_SO = os.environ.get("KFG_MQTT_SO") or os.path.join(ROOT, "build", "plugins",
+                                                        "mqtt-adapter.so")
 REST_SO = os.path.join(ROOT, "build", "plugins", "rest-adapter.so")
 TAIL = os.path.join(ROOT, "build", "kfgate-tail")
 SEND = os.path.join(ROOT, "build", "kfgate-send")
@@ -50,6 +52,15 @@ def start_gateway(root, insts, plugins, env=None):
     gw.write_config(text=text)
     gw.start()
     return gw
+
+
+def stop_clean(gw):
+    """Stops the daemon; under a sanitizer build (KFGATE_BIN, KFG_MQTT_SO) a
+    report in its log fails the test."""
+    gw.stop()
+    log = gw.log()
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert marker not in log, log[log.index(marker) - 200:][:4000]
 
 
 # ---------------------------------------------------------------------------
@@ -185,8 +196,8 @@ def env():
     status, doc = wait_ready(gw, True)
     assert status == 200, doc
     yield b, gw
-    gw.stop()
     b.stop()
+    stop_clean(gw)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -467,9 +478,9 @@ def test_broker_killed_mid_stream_no_qos1_message_lost():
         if c:
             c.loop_stop()
             c.disconnect()
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -522,9 +533,9 @@ def test_gateway_killed_mid_stream_no_qos1_message_lost():
         if c:
             c.loop_stop()
             c.disconnect()
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -552,9 +563,9 @@ def test_mqtt5_persistent_session_survives_a_gateway_restart():
         assert texts == sorted("while down %d" % i for i in range(10))
         assert "session resumed" in gw.log()
     finally:
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -606,9 +617,9 @@ def test_broker_down_at_start_other_adapters_serve_then_it_connects():
         pub(b, "late/d1/up", json.dumps({"text": "now connected"}))
         inbound(gw, "late", lambda r: text_of(r) == "now connected")
     finally:
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -645,9 +656,9 @@ def test_reload_replaces_the_client_without_losing_messages():
         assert all(r["sender"].get("name") == "Ann" for r in after)
         assert gw.alive()
     finally:
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -682,9 +693,9 @@ def test_username_password_from_environment():
         inbound(gw, "good", lambda r: text_of(r) == "authed")
         assert "s3cret-pw" not in gw.log()
     finally:
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -709,9 +720,9 @@ def test_mutual_tls_client_certificate():
             extra=["--cafile", b.ca_path, "--cert", b.client_cert, "--key", b.client_key])
         inbound(gw, "mtls", lambda r: text_of(r) == "mutual")
     finally:
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -734,7 +745,7 @@ def test_wrong_ca_is_unhealthy_with_reason():
         assert "not connected" in doc["instances"][0]["detail"]
         assert gw.alive()
     finally:
-        if gw:
-            gw.stop()
         b.stop()
+        if gw:
+            stop_clean(gw)
         shutil.rmtree(root, ignore_errors=True)

@@ -812,6 +812,10 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
     free(corr);
     if (rc == 0 && ms.m)
         rc = kfg_env_set_channel_data_int(h, ms.m, "qos", msg->qos);
+    /* A retained message is the broker's stored state, resent on every
+     * subscribe: a core may want to tell it from a live one. */
+    if (rc == 0 && ms.m && msg->retain)
+        rc = kfg_env_set_channel_data_int(h, ms.m, "retain", 1);
     if (rc != 0) {
         if (ms.m)
             h->msg_free(ms.m);
