@@ -35,6 +35,7 @@ import time
 import msgpack
 import pytest
 import websockets
+import websockets.exceptions
 
 from conftest import ROOT, Gateway, metric_value
 
@@ -334,6 +335,8 @@ def test_handshake_refusals(gw):
     assert st == 426 and "Upgrade: websocket" in r
     st, r = raw_http(gw, upgrade_head(gw, method="POST"))
     assert st == 405 and "Allow: GET" in r
+    st, r = raw_http(gw, upgrade_head(gw).replace("HTTP/1.1", "HTTP/1.0", 1))
+    assert st == 426 and "HTTP/1.1" in r
     st, r = raw_http(gw, upgrade_head(gw, extra="Sec-WebSocket-Protocol: mqtt, chat\r\n"))
     assert st == 400 and "kfgate.v1.json" in r
     # the refusals are logged with their cause
