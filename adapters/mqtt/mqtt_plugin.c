@@ -187,6 +187,7 @@ struct mq {
     struct event probe_ev;          /* MQTT 5 sessions: see connect_v5 */
     int probe_fd, probe_set;
     char status[256];               /* why not connected, for health */
+    char sub_error[320];            /* a refused subscription, for health */
     int running, stopping;
     int lib_ref;                    /* holds a mosquitto_lib_init */
 
@@ -855,6 +856,7 @@ static void on_connect(struct mosquitto *mosq, void *obj, int rc, int flags,
     /* A resumed session keeps our subscriptions; the first connection of
      * this process subscribes anyway, the configuration may have changed. */
     if (!present || !q->subscribed_once || q->clean) {
+        q->sub_error[0] = '\0';
         int src = mosquitto_subscribe_multiple(mosq, NULL, (int)q->nfilters, q->subs, q->qos,
                                                0, NULL);
         if (src != MOSQ_ERR_SUCCESS)
@@ -873,9 +875,9 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int n, cons
     struct mq *q = obj;
     for (int i = 0; i < n && (size_t)i < q->nfilters; i++) {
         if (granted[i] >= 0x80) {
-            snprintf(q->status, sizeof q->status, "the broker refused the subscription %s "
-                     "(reason 0x%02x)", q->subs[i], granted[i]);
-            q->host->log(q->ins, NULL, KFG_LOG_ERROR, "%s", q->status);
+            snprintf(q->sub_error, sizeof q->sub_error, "the broker refused the subscription "
+                     "%s (reason 0x%02x)", q->subs[i], granted[i]);
+            q->host->log(q->ins, NULL, KFG_LOG_ERROR, "%s", q->sub_error);
         } else {
             q->host->log(q->ins, NULL, KFG_LOG_INFO, "subscribed %s (QoS %d)", q->subs[i],
                          granted[i]);
@@ -1677,6 +1679,10 @@ static int mq_stop(void *ctx)
 static int mq_health(void *ctx, char *detail, size_t cap)
 {
     struct mq *q = ctx;
+    if (q->connected && q->sub_error[0]) {
+        snprintf(detail, cap, "%s", q->sub_error);
+        return KFG_EFAIL;
+    }
     if (q->connected)
         return KFG_OK;
     snprintf(detail, cap, "not connected: %s", q->status[0] ? q->status : "connecting");
