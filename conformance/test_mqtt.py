@@ -726,6 +726,38 @@ def test_mutual_tls_client_certificate():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_outbound_while_broker_stays_down_is_retried_then_failed():
+    """Held at most outbound_queue_ms, handed back as KFG_RETRY; the gateway's
+    retries run out and the receipt names the adapter's last reason."""
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-down-", dir="/tmp")
+    b = Broker(os.path.join(root, "broker"), persistence=False)     # never started
+    gw = None
+    try:
+        inst = dict(FAST, kind="adapter", type="mqtt", tenant="acme", name="gone",
+                    brokers=[b.url], subscribe=["g/{device}/up"], publish_topic="g/{device}/down",
+                    outbound_queue_ms=200)
+        gw = Gateway(os.path.join(root, "gw"), plugins=[(MQTT_SO, "mqtt-adapter.so")],
+                     instances=[inst])
+        text = render_config(gw.plugin_dir, gw.http_port, gw.admin_port, instances=[inst],
+                             workdir=gw.dir)
+        text = text.replace("[bus]\n", "[bus]\nretry_max = 2\nretry_base_ms = 50\n"
+                                        "retry_cap_ms = 100\n", 1)
+        gw.write_config(text=text)
+        gw.start()
+        ans = send_outbound(gw, {"v": 1, "instance": "gone", "dir": "out", "type": "message",
+                                 "conversation": {"id": "d1"},
+                                 "parts": [{"kind": "text", "text": "never"}]})
+        rs = receipts(gw, "gone", ans["id"], "failed", timeout=15)
+        failed = [r for r in rs if r["status"] == "failed"][0]
+        assert failed["code"] == "mqtt:disconnected", failed
+        assert "not connected" in failed.get("detail", ""), failed
+        assert "sent" not in [r["status"] for r in rs]
+    finally:
+        if gw:
+            stop_clean(gw)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_wrong_ca_is_unhealthy_with_reason():
     root = tempfile.mkdtemp(prefix="kfc-mqtt-ca-", dir="/tmp")
     b = Broker(os.path.join(root, "broker"), tls=True, persistence=False).start()
