@@ -20,8 +20,16 @@ are Tencent's published WXBizMsgCrypt samples.
   test_passive_reply_encrypted    an answer within the window comes back in the HTTP
                                   response as a valid signed encrypted envelope
   test_late_reply_through_api     after the window: `success`, then custom/send
-  test_token_refresh_and_errors   40001 -> one refresh + one retry; 45015 final;
-                                  -1 retried by the host; single token owner
+  test_token_refresh_and_errors   40001/40014/42001 -> one refresh + one retry; 45015,
+                                  45009, 45047, 40003 final, one call each; -1 retried
+                                  by the host with backoff
+  test_token_single_flight_and_expiry  a burst before the first token: one token
+                                  call; refreshed ahead of expiry
+  test_token_config_error_and_health  40125 from the token endpoint: final, and the
+                                  instance reports unhealthy on /readyz with the code
+  test_music_and_news             music passive reply (decrypted by @wecom/crypto when
+                                  installed, else by hand), music through custom/send,
+                                  news through WeCom message/send
 """
 import base64
 import hashlib
@@ -133,6 +141,7 @@ class FakeAPI:
         self.expires_in = expires_in
         self.tokens = 0
         self.current = {}        # appid/corpid -> its valid token
+        self.token_delay = 0.0   # seconds the token endpoints take
         api = self
 
         class H(BaseHTTPRequestHandler):
@@ -153,6 +162,8 @@ class FakeAPI:
                 with api.lock:
                     api.calls[u.path] = api.calls.get(u.path, 0) + 1
                 if u.path in ("/cgi-bin/token", "/cgi-bin/stable_token", "/cgi-bin/gettoken"):
+                    if api.token_delay:
+                        time.sleep(api.token_delay)
                     force = u.path == "/cgi-bin/token"      # /token rotates on every call
                     if u.path == "/cgi-bin/stable_token":
                         req = json.loads(body)
@@ -234,6 +245,11 @@ def instances(api_url):
              reply_window_ms=100),
         dict(base, name="wecom", path="/wx/wecom", variant="wecom", token=W_TOKEN,
              encoding_aes_key=W_AES, receive_id=W_CORP, secret="wc-secret", agent_id=1000002,
+             reply_window_ms=0),
+        dict(base, name="mp-burst", path="/wx/burst", variant="mp", token=M_TOKEN,
+             encoding_aes_key=M_AES, receive_id=M_APPID, secret=M_SECRET, reply_window_ms=0),
+        dict(base, name="mp-badsecret", path="/wx/bad", variant="mp", token=M_TOKEN,
+             encoding_aes_key=M_AES, receive_id=M_APPID, secret="not-the-secret",
              reply_window_ms=0),
     ]
 
@@ -501,7 +517,8 @@ def idem_part(s):
 
 @pytest.mark.parametrize("mode,path,instance", [("plain", "/wx/plain", "mp-plain"),
                                                 ("compatible", "/wx/mp", "mp-any"),
-                                                ("safe", "/wx/safe", "mp-safe")])
+                                                ("safe", "/wx/safe", "mp-safe"),
+                                                ("wecom", "/wx/wecom", "wecom")])
 def test_mp_types_every_mode(gw, mode, path, instance):
     sent = []
     for mt, fields, check in cases():
@@ -511,11 +528,16 @@ def test_mp_types_every_mode(gw, mode, path, instance):
         if "MsgId" in fields:
             msgid = str(new_id()) + "123456789"     # beyond 2^53
             fields["MsgId"] = msgid
-        query, body = mp_request(mode, xml_msg(mt, fields, ct=ct))
+        if mode == "wecom":
+            query, body = wecom_request(xml_msg(mt, fields, ct=ct))
+        else:
+            query, body = mp_request(mode, xml_msg(mt, fields, ct=ct))
         r = http(gw, "POST", path, query, body)
         assert acked(r), (mt, fields, r, gw.log()[-2000:])
         idem = msgid or "oUser1:%d:%s:%s" % (ct, idem_part(fields["Event"]),
                                              idem_part(fields.get("EventKey", "")))
+        if mode == "wecom" and not msgid:
+            idem += ":"                     # WeCom adds the (here absent) AgentID
         sent.append((idem, ct, msgid, check))
     want = {i for i, _, _, _ in sent}
     recs = inbound(gw, instance, lambda rs: want <= {r.get("idem") for r in rs})
@@ -773,6 +795,24 @@ def test_token_refresh_and_errors(gw, api):
     assert failed["retriable"] is False
     time.sleep(0.5)
     assert len(api.sent) == sends + 1
+    # the other token errors: refresh once, retry once, sent
+    for code in (40014, 42001):
+        sends = len(api.sent)
+        api.inject = [code]
+        ack = out("after %d" % code)
+        assert "sent" in [s["status"] for s in receipts(gw, "mp-any", ack["id"], "sent")]
+        assert len(api.sent) == sends + 2, code
+        assert api.sent[-1][1] == api.current[M_APPID]
+    # quota, too many messages, bad openid: final, exactly one call, no storm
+    for code in (45009, 45047, 40003):
+        sends = len(api.sent)
+        api.inject = [code]
+        ack = out("final %d" % code)
+        rs = receipts(gw, "mp-any", ack["id"], "failed")
+        failed = [s for s in rs if s["status"] == "failed"][0]
+        assert str(code) in failed.get("code", "") and failed["retriable"] is False, failed
+        time.sleep(0.5)
+        assert len(api.sent) == sends + 1, code
     # -1 (busy): retriable, the host retries with backoff, then sent
     sends = len(api.sent)
     api.inject = [-1, -1]
@@ -860,3 +900,156 @@ def test_passive_reply_decrypted_by_third_party(gw):
     assert d["id"] == M_APPID
     x = ElementTree.fromstring(d["message"])
     assert x.find("ToUserName").text == "oReply2" and x.find("Content").text == "第三方 ok"
+
+
+def out_env(inst, to, parts):
+    return {"v": 1, "instance": inst, "dir": "out", "type": "message",
+            "conversation": {"id": to}, "idem": "o:%d" % new_id(), "parts": parts}
+
+
+def test_token_single_flight_and_expiry(gw, api):
+    """A burst of sends before the instance has a token shares one token
+    request; a token is renewed ahead of its expiry."""
+    api.token_delay = 0.4
+    api.expires_in = 2             # margin = half of it: due again after 1 s
+    try:
+        before = api.count("/cgi-bin/stable_token")
+        sends = len(api.sent)
+        envs = [out_env("mp-burst", "oBurst%d" % i, [{"kind": "text", "text": "b%d" % i}])
+                for i in range(5)]
+        out = subprocess.run([SEND, "--outbound", "ipc://%s/outbound.ipc" % gw.dir],
+                             input="".join(json.dumps(e) + "\n" for e in envs),
+                             capture_output=True, text=True, timeout=20)
+        acks = [json.loads(ln) for ln in out.stdout.splitlines()]
+        assert len(acks) == 5 and all(a["ok"] for a in acks), out
+        for a in acks:
+            assert "sent" in [s["status"] for s in receipts(gw, "mp-burst", a["id"], "sent")]
+        assert api.count("/cgi-bin/stable_token") == before + 1
+        assert sorted(b["touser"] for _, _, b in api.sent[sends:]) == \
+            ["oBurst%d" % i for i in range(5)]
+        time.sleep(1.3)
+        ack = send_outbound(gw, out_env("mp-burst", "oBurst9", [{"kind": "text", "text": "x"}]))
+        assert "sent" in [s["status"] for s in receipts(gw, "mp-burst", ack["id"], "sent")]
+        assert api.count("/cgi-bin/stable_token") == before + 2
+    finally:
+        api.token_delay = 0.0
+        api.expires_in = 7200
+
+
+def readyz(gw, name):
+    r = gw.admin("GET", "/readyz")
+    doc = json.loads(r.body)
+    return [i for i in doc["instances"] if i["name"] == name][0]
+
+
+def test_token_config_error_and_health(gw, api):
+    assert readyz(gw, "mp-badsecret")["healthy"] is True
+    calls = api.count("/cgi-bin/stable_token")
+    sends = len(api.sent)
+    mark = gw.log_mark()
+    ack = send_outbound(gw, out_env("mp-badsecret", "oUser1", [{"kind": "text", "text": "x"}]))
+    rs = receipts(gw, "mp-badsecret", ack["id"], "failed")
+    failed = [s for s in rs if s["status"] == "failed"][0]
+    assert failed.get("code") == "40125" and failed["retriable"] is False, failed
+    gw.wait_log(r"access token refresh failed: token request refused errcode=40125", since=mark)
+    time.sleep(0.5)
+    assert api.count("/cgi-bin/stable_token") == calls + 1      # not retried
+    assert len(api.sent) == sends                               # nothing sent
+    st = readyz(gw, "mp-badsecret")
+    assert st["healthy"] is False and "40125" in st["detail"] and "invalid appsecret" in \
+        st["detail"], st
+    assert readyz(gw, "mp-any")["healthy"] is True
+
+
+def passive(gw, instance, path, frm, parts):
+    """One safe-mode message to `instance` answered at once by a tiny core
+    with `parts`; returns the HTTP answer."""
+    query, body = mp_request("safe", xml_msg("text", {"Content": "ping", "MsgId": str(new_id())},
+                                             frm=frm))
+    tailer = subprocess.Popen([TAIL, "--topic", "%s/wechat/%s" % (TENANT, instance),
+                               "--count", "1", "--feed", "ipc://%s/feed.ipc" % gw.dir,
+                               "--replay", "ipc://%s/replay.ipc" % gw.dir],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+
+    def core():
+        env = json.loads(tailer.stdout.readline())["envelope"]
+        send_outbound(gw, {"v": 1, "instance": instance, "dir": "out", "type": "message",
+                           "conversation": {"id": env["conversation"]["id"]},
+                           "reply_to": env["id"], "idem": "p:" + env["id"], "parts": parts})
+
+    t = threading.Thread(target=core)
+    t.start()
+    r = http(gw, "POST", path, query, body)
+    t.join(10)
+    tailer.wait(5)
+    return r
+
+
+def decrypt_reply(body):
+    """The inner XML of an encrypted reply: @wecom/crypto when installed
+    (signature recomputed and compared by it), else our own checks."""
+    env = ElementTree.fromstring(body)
+    enc, stamp = env.find("Encrypt").text, env.find("TimeStamp").text
+    nonce, sig = env.find("Nonce").text, env.find("MsgSignature").text
+    if os.path.isdir(WECOM_CRYPTO) and shutil.which("node"):
+        script = ("const c=require(process.argv[1]);const [k,t,ts,n,e,s]=process.argv.slice(2);"
+                  "if(c.getSignature(t,ts,n,e)!==s)process.exit(3);"
+                  "process.stdout.write(JSON.stringify(c.decrypt(k,e)))")
+        out = subprocess.run(["node", "-e", script, WECOM_CRYPTO, M_AES, M_TOKEN, stamp, nonce,
+                              enc, sig], capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out
+        d = json.loads(out.stdout)
+        assert d["id"] == M_APPID
+        return ElementTree.fromstring(d["message"])
+    assert sig == sha1sig(M_TOKEN, stamp, nonce, enc)
+    return ElementTree.fromstring(decrypt(M_AES, enc, M_APPID))
+
+
+def test_music_and_news(gw, api):
+    music = {"kind": "x-wechat-music", "title": "Song", "description": "D & d",
+             "url": "http://m.example/x.mp3", "hq_url": "http://m.example/hq.mp3",
+             "thumb_media_id": "THUMB1"}
+    r = passive(gw, "mp-reply", "/wx/reply", "oMusic1", [music])
+    assert r.status == 200, r
+    x = decrypt_reply(r.body)
+    assert x.find("ToUserName").text == "oMusic1" and x.find("MsgType").text == "music"
+    m = x.find("Music")
+    assert [c.tag for c in m] == ["Title", "Description", "MusicUrl", "HQMusicUrl",
+                                  "ThumbMediaId"]
+    assert [c.text for c in m] == ["Song", "D & d", "http://m.example/x.mp3",
+                                   "http://m.example/hq.mp3", "THUMB1"]
+    # news (one article on MP) as a passive reply
+    r = passive(gw, "mp-reply", "/wx/reply", "oNews1",
+                [{"kind": "link", "url": "https://e.example/a", "title": "A",
+                  "description": "about a", "thumb_url": "https://e.example/a.jpg"}])
+    x = decrypt_reply(r.body)
+    assert x.find("MsgType").text == "news" and x.find("ArticleCount").text == "1"
+    item = x.find("Articles").find("item")
+    assert [(c.tag, c.text) for c in item] == [
+        ("Title", "A"), ("Description", "about a"), ("PicUrl", "https://e.example/a.jpg"),
+        ("Url", "https://e.example/a")]
+    # music through custom/send
+    sends = len(api.sent)
+    ack = send_outbound(gw, out_env("mp-late", "oMusic2", [dict(music, hq_url="")]))
+    assert "sent" in [s["status"] for s in receipts(gw, "mp-late", ack["id"], "sent")]
+    path, _, body = api.sent[sends]
+    assert path == "/cgi-bin/message/custom/send"
+    assert body == {"touser": "oMusic2", "msgtype": "music", "music": {
+        "title": "Song", "description": "D & d", "musicurl": "http://m.example/x.mp3",
+        "hqmusicurl": "http://m.example/x.mp3", "thumb_media_id": "THUMB1"}}
+    # news through WeCom message/send
+    sends = len(api.sent)
+    ack = send_outbound(gw, out_env("wecom", "lisi", [
+        {"kind": "link", "url": "https://e.example/%d" % i, "title": "T%d" % i} for i in (1, 2)]))
+    assert "sent" in [s["status"] for s in receipts(gw, "wecom", ack["id"], "sent")]
+    path, _, body = api.sent[sends]
+    assert path == "/cgi-bin/message/send" and body["msgtype"] == "news"
+    assert body["agentid"] == 1000002
+    assert body["news"]["articles"] == [
+        {"title": "T%d" % i, "description": "", "url": "https://e.example/%d" % i, "picurl": ""}
+        for i in (1, 2)]
+    # music has no WeCom form: failed for good
+    ack = send_outbound(gw, out_env("wecom", "lisi", [music]))
+    rs = receipts(gw, "wecom", ack["id"], "failed")
+    assert [s for s in rs if s["status"] == "failed"][0]["retriable"] is False

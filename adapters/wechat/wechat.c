@@ -127,6 +127,9 @@ struct wx {
     int refreshing;
     int64_t last_force_ms;
     struct job *token_wait, *token_wait_tail;
+    /* the last token request failed: why, since when (health) */
+    char token_error[160];
+    int64_t token_error_ms;
     struct job *jobs;               /* all jobs, for destroy */
 
     struct kfg_metric *requests[O__N];
@@ -484,9 +487,15 @@ static int api_body(struct wx *wx, const struct kfg_msg *m, struct wx_buf *b)
         snprintf(a, sizeof a, ",\"agentid\":%lld", (long long)wx->agent_id);
         wx_buf_puts(b, a);
     }
-    if (strcmp(k, KFG_ENV_KIND_LINK) == 0 && wx->conf.variant == WX_MP) {
+    if (strcmp(k, KFG_ENV_KIND_LINK) == 0) {
+        /* news: the same articles shape on MP custom/send and WeCom message/send */
         wx_buf_puts(b, ",\"msgtype\":\"news\",\"news\":{\"articles\":[");
-        for (size_t i = 0; i < n && i < 8; i++) {
+        if (n > 8)
+            return KFG_EINVAL;
+        for (size_t i = 0; i < n; i++)
+            if (strcmp(h->msg_part_kind(m, i), KFG_ENV_KIND_LINK) != 0)
+                return KFG_EINVAL;
+        for (size_t i = 0; i < n; i++) {
             if (i) wx_buf_puts(b, ",");
             struct kfg_str t = part_get(h, m, i, KFG_ENV_P_TITLE),
                            d = part_get(h, m, i, KFG_ENV_P_DESCRIPTION),
@@ -501,6 +510,23 @@ static int api_body(struct wx *wx, const struct kfg_msg *m, struct wx_buf *b)
         wx_buf_puts(b, "]}");
     } else if (n != 1) {
         return KFG_EINVAL;
+    } else if (strcmp(k, WX_KIND_MUSIC) == 0) {
+        struct kfg_str t = part_get(h, m, 0, KFG_ENV_P_TITLE),
+                       d = part_get(h, m, 0, KFG_ENV_P_DESCRIPTION),
+                       u = part_get(h, m, 0, KFG_ENV_P_URL),
+                       hq = part_get(h, m, 0, WX_P_HQ_URL),
+                       th = part_get(h, m, 0, KFG_ENV_P_THUMB_MEDIA_ID);
+        if (wx->conf.variant != WX_MP || !th.len || (!u.len && !hq.len))
+            return KFG_EINVAL;
+        if (!hq.len)
+            hq = u;
+        wx_buf_puts(b, ",\"msgtype\":\"music\",\"music\":{\"title\":");
+        json_str(b, t.ptr, t.len);
+        wx_buf_puts(b, ",\"description\":"); json_str(b, d.ptr, d.len);
+        wx_buf_puts(b, ",\"musicurl\":"); json_str(b, u.ptr, u.len);
+        wx_buf_puts(b, ",\"hqmusicurl\":"); json_str(b, hq.ptr, hq.len);
+        wx_buf_puts(b, ",\"thumb_media_id\":"); json_str(b, th.ptr, th.len);
+        wx_buf_puts(b, "}");
     } else if (strcmp(k, KFG_ENV_KIND_TEXT) == 0) {
         struct kfg_str t = part_get(h, m, 0, KFG_ENV_P_TEXT);
         wx_buf_puts(b, ",\"msgtype\":\"text\",\"text\":{\"content\":");
@@ -573,7 +599,7 @@ static void on_token(void *arg, int result, int status, struct kfg_str body, con
 {
     struct wx *wx = arg;
     const struct kfg_host *h = wx->host;
-    char tok[TOKEN_CAP], num[32], code[32] = "";
+    char tok[TOKEN_CAP], num[32], code[32] = "", emsg[96] = "";
     const char *detail = NULL;
     wx->refreshing = 0;
     h->metric_add(wx->token_refreshes, 1);
@@ -594,6 +620,7 @@ static void on_token(void *arg, int result, int status, struct kfg_str body, con
         ok = 1;
     } else {
         json_get(body.ptr, body.len, "errcode", code, sizeof code);
+        json_get(body.ptr, body.len, "errmsg", emsg, sizeof emsg);
         detail = "token request refused";
         long ec = strtol(code, NULL, 10);
         /* configuration errors are final */
@@ -601,9 +628,17 @@ static void on_token(void *arg, int result, int status, struct kfg_str body, con
             ec == 40091 || ec == 41002 || ec == 41004)
             retriable = 0;
     }
-    if (!ok)
+    if (!ok) {
         h->log(wx->ins, NULL, KFG_LOG_WARN, "access token refresh failed: %s%s%s",
                detail, code[0] ? " errcode=" : "", code);
+        if (!wx->token_error[0])
+            wx->token_error_ms = wall_ms();
+        snprintf(wx->token_error, sizeof wx->token_error, "%s%s%s%s%s%s", detail,
+                 code[0] ? " (errcode " : "", code, emsg[0] ? ": " : "", emsg,
+                 code[0] ? ")" : "");
+    } else {
+        wx->token_error[0] = '\0';
+    }
     struct job *q = wx->token_wait;
     wx->token_wait = wx->token_wait_tail = NULL;
     while (q) {
@@ -656,6 +691,9 @@ static void token_fetch(struct wx *wx, int force)
     wx_buf_free(&body);
     if (rc != KFG_OK) {
         wx->refreshing = 0;
+        if (!wx->token_error[0])
+            wx->token_error_ms = wall_ms();
+        snprintf(wx->token_error, sizeof wx->token_error, "cannot start the token request");
         struct job *q = wx->token_wait;
         wx->token_wait = wx->token_wait_tail = NULL;
         while (q) {
@@ -970,6 +1008,19 @@ static int wx_stop(void *ctx)
     return was == RUNNING ? KFG_OK : KFG_AGAIN;
 }
 
+/* Unhealthy while outbound cannot work: the last access-token request
+ * failed (wrong secret, IP not whitelisted, API unreachable...). Inbound
+ * callbacks are still served; the detail says what to fix. */
+static int wx_health(void *ctx, char *detail, size_t cap)
+{
+    struct wx *wx = ctx;
+    if (!wx->token_error[0])
+        return KFG_OK;
+    snprintf(detail, cap, "outbound: access token refresh failing for %llds: %s",
+             (long long)((wall_ms() - wx->token_error_ms) / 1000), wx->token_error);
+    return KFG_EFAIL;
+}
+
 static void wx_destroy(void *ctx)
 {
     struct wx *wx = ctx;
@@ -1007,5 +1058,6 @@ KFG_PLUGIN_EXPORT = {
     .start = wx_start,
     .stop = wx_stop,
     .destroy = wx_destroy,
+    .health = wx_health,
     .deliver = wx_deliver,
 };

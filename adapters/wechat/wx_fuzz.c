@@ -1,7 +1,8 @@
 /*
  * libFuzzer harness over the callback handler: one input is
  *   byte 0        configuration: bit 0 variant (MP / WeCom), bits 1-2 MP mode,
- *                 bit 3 POST (else GET), bit 4 keep_raw
+ *                 bit 3 POST (else GET), bit 4 keep_raw, bits 5-7 the kind
+ *                 of the passive reply built for a message
  *   up to '\n'    the raw query string
  *   the rest      the body
  * run through wx_request, and for a message wx_build_msg (fake host) and a
@@ -94,11 +95,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct wx_info info;
         if (wx_build_msg(&fake_host, NULL, &r.xml, r.inner, r.inner_len, &o, &m, &info) ==
             KFG_OK) {
+            /* the reply kind from bits 5-7; its values from the inbound text */
+            static const char *const kinds[8] = {"text", "text", WX_KIND_MUSIC, "link",
+                                                 "image", "video", "event", "voice"};
+            const char *kind = kinds[data[0] >> 5];
             struct kfg_msg *out = fh_new(NULL, "message");
-            int p = fh_part_add(out, "text");
+            int p = fh_part_add(out, kind);
             struct kfg_str t = fh_part_count(m) ? fh_part_get(m, 0, "text")
                                                 : (struct kfg_str){NULL, 0};
-            fh_part_set(out, (size_t)p, "text", t.ptr ? t.ptr : "x", t.ptr ? t.len : 1);
+            const char *tv = t.ptr ? t.ptr : "x";
+            size_t tl = t.ptr ? t.len : 1;
+            static const char *const keys[] = {"text", "title", "description", "url", "hq_url",
+                                               "thumb_media_id", "media_id", "thumb_url",
+                                               "name", "key"};
+            for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+                if (tl > k)      /* fewer keys for short texts: the refusals too */
+                    fh_part_set(out, (size_t)p, keys[k], tv, tl);
             struct wx_buf b = {0}, e = {0};
             if (wx_reply_xml(&fake_host, out, c.variant, &info, 1700000001, &b) == KFG_OK)
                 wx_reply_encrypt(&c, b.p, b.len, 1700000001, &e);

@@ -94,12 +94,20 @@ int wx_build_msg(const struct kfg_host *h, struct kfg_instance *ins,
                  const struct wx_xml *x, const char *inner, size_t inner_len,
                  const struct wx_build_opts *o, struct kfg_msg **out, struct wx_info *info);
 
+/* Music has no envelope kind: an extension part (spec/envelope.md §11)
+ *   {"kind":"x-wechat-music","title","description","url" (MusicUrl),
+ *    "hq_url" (HQMusicUrl, default url),"thumb_media_id" (required)}
+ * MP only, as a passive reply and through custom/send. */
+#define WX_KIND_MUSIC "x-wechat-music"
+#define WX_P_HQ_URL "hq_url"
+
 /* Passive reply XML (wechat.md §6) for an outbound envelope answering
- * `info`'s message: text, image, voice, video, news (articles from parts of
- * kind link), music (channel_data.music_*), or transfer_customer_service
- * (channel_data.transfer_customer_service, optional
- * channel_data.kf_account). Appends to b; returns KFG_OK, or KFG_EINVAL when
- * the envelope cannot be expressed as a passive reply (then use the API). */
+ * `info`'s message, one of: text; image, voice (media_id); video (media_id,
+ * title, description); news (1..n parts of kind link: 1 article on MP, up
+ * to 8 on WeCom); music (WX_KIND_MUSIC, MP); transfer to customer service
+ * (MP: an event part named "transfer_customer_service", key = the optional
+ * KfAccount). Appends to b; returns KFG_OK, or KFG_EINVAL when the envelope
+ * cannot be expressed as a passive reply (then the API sends it). */
 int wx_reply_xml(const struct kfg_host *h, const struct kfg_msg *m, int variant,
                  const struct wx_info *info, int64_t now_s, struct wx_buf *b);
 

@@ -601,6 +601,57 @@ static void test_reply_xml(void **st)
     assert_non_null(strstr(b.p, "<ArticleCount>2</ArticleCount>"));
     wx_buf_free(&b);
     fh_free(m);
+    /* music (MP): every field of §6 in its place; HQMusicUrl defaults to
+     * the url; ThumbMediaId and a url are required; not on WeCom */
+    m = outbound(WX_KIND_MUSIC);
+    fh_part_set(m, 0, "title", S("Song"));
+    fh_part_set(m, 0, "description", S("a & b"));
+    fh_part_set(m, 0, "url", S("http://m/x.mp3"));
+    fh_part_set(m, 0, "thumb_media_id", S("TH1"));
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_MP, &info, 1700000002, &b), KFG_OK);
+    assert_int_equal(wx_xml_parse(b.p, b.len, &x), WX_OK);
+    assert_string_equal(wx_xml_get(&x, "MsgType")->val, "music");
+    assert_string_equal(wx_xml_get(&x, "ToUserName")->val, "oUser1");
+    assert_non_null(strstr(b.p, "<Music><Title><![CDATA[Song]]></Title><Description><![CDATA["
+                                "a & b]]></Description><MusicUrl><![CDATA[http://m/x.mp3]]>"
+                                "</MusicUrl><HQMusicUrl><![CDATA[http://m/x.mp3]]></HQMusicUrl>"
+                                "<ThumbMediaId><![CDATA[TH1]]></ThumbMediaId></Music></xml>"));
+    wx_xml_free(&x);
+    wx_buf_free(&b);
+    fh_part_set(m, 0, "hq_url", S("http://m/hq.mp3"));
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_MP, &info, 1, &b), KFG_OK);
+    assert_non_null(strstr(b.p, "<HQMusicUrl><![CDATA[http://m/hq.mp3]]></HQMusicUrl>"));
+    wx_buf_free(&b);
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_WECOM, &info, 1, &b), KFG_EINVAL);
+    wx_buf_free(&b);
+    fh_free(m);
+    m = outbound(WX_KIND_MUSIC);
+    fh_part_set(m, 0, "url", S("http://m/x.mp3"));
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_MP, &info, 1, &b), KFG_EINVAL);
+    wx_buf_free(&b);
+    fh_free(m);
+    m = outbound(WX_KIND_MUSIC);
+    fh_part_set(m, 0, "thumb_media_id", S("TH1"));
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_MP, &info, 1, &b), KFG_EINVAL);
+    wx_buf_free(&b);
+    fh_free(m);
+    /* voice and video by media id */
+    m = outbound("voice");
+    fh_part_set(m, 0, "media_id", S("V1"));
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_WECOM, &info, 1, &b), KFG_OK);
+    assert_non_null(strstr(b.p, "<MsgType><![CDATA[voice]]></MsgType><Voice><MediaId><![CDATA["
+                                "V1]]></MediaId></Voice></xml>"));
+    wx_buf_free(&b);
+    fh_free(m);
+    m = outbound("video");
+    fh_part_set(m, 0, "media_id", S("VID"));
+    fh_part_set(m, 0, "title", S("T"));
+    fh_part_set(m, 0, "description", S("D"));
+    assert_int_equal(wx_reply_xml(&fake_host, m, WX_MP, &info, 1, &b), KFG_OK);
+    assert_non_null(strstr(b.p, "<Video><MediaId><![CDATA[VID]]></MediaId><Title><![CDATA[T]]>"
+                                "</Title><Description><![CDATA[D]]></Description></Video></xml>"));
+    wx_buf_free(&b);
+    fh_free(m);
     m = outbound("event");
     fh_part_set(m, 0, "name", S("transfer_customer_service"));
     fh_part_set(m, 0, "key", S("kf2001@gh_1"));

@@ -96,6 +96,24 @@ int wx_reply_xml(const struct kfg_host *h, const struct kfg_msg *m, int variant,
         wx_buf_elem(b, "Title", t.ptr, t.len);
         wx_buf_elem(b, "Description", d.ptr, d.len);
         wx_buf_puts(b, "</Video>");
+    } else if (kind_is(k0, WX_KIND_MUSIC) && variant == WX_MP) {
+        /* music (MP only): ThumbMediaId is required by WeChat, and a music
+         * message without any URL plays nothing */
+        struct kfg_str t = pget(h, m, 0, KFG_ENV_P_TITLE),
+                       d = pget(h, m, 0, KFG_ENV_P_DESCRIPTION),
+                       u = pget(h, m, 0, KFG_ENV_P_URL),
+                       hq = pget(h, m, 0, WX_P_HQ_URL),
+                       th = pget(h, m, 0, KFG_ENV_P_THUMB_MEDIA_ID);
+        if (!th.len || (!u.len && !hq.len))
+            return KFG_EINVAL;
+        head(b, info, now_s, "music");
+        wx_buf_puts(b, "<Music>");
+        wx_buf_elem(b, "Title", t.ptr, t.len);
+        wx_buf_elem(b, "Description", d.ptr, d.len);
+        wx_buf_elem(b, "MusicUrl", u.ptr, u.len);
+        wx_buf_elem(b, "HQMusicUrl", hq.len ? hq.ptr : u.ptr, hq.len ? hq.len : u.len);
+        wx_buf_elem(b, "ThumbMediaId", th.ptr, th.len);
+        wx_buf_puts(b, "</Music>");
     } else if (kind_is(k0, KFG_ENV_KIND_EVENT) && variant == WX_MP) {
         /* Hand the conversation to human customer service:
          * {"kind":"event","name":"transfer_customer_service","key":"kf@acct"} */

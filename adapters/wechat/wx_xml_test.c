@@ -161,6 +161,70 @@ static void test_builders(void **st)
     wx_buf_free(&b);
 }
 
+/* The scanner takes WeChat's own shapes; everything else goes to libxml2,
+ * with the same answer (the fuzz harness checks that on every input). */
+static void parse_both(const char *doc, size_t len, int want_slow)
+{
+    struct wx_xml a, b;
+    assert_int_equal(wx_xml_parse(doc, len, &a), WX_OK);
+    assert_int_equal(a.slow, want_slow);
+    assert_int_equal(wx_xml_parse_libxml(doc, len, &b), WX_OK);
+    assert_int_equal(a.n, b.n);
+    for (size_t i = 0; i < a.n; i++) {
+        assert_string_equal(a.f[i].name, b.f[i].name);
+        assert_int_equal(a.f[i].len, b.f[i].len);
+        assert_memory_equal(a.f[i].val, b.f[i].val, a.f[i].len);
+    }
+    wx_xml_free(&a);
+    wx_xml_free(&b);
+}
+
+static void test_fast_and_slow(void **st)
+{
+    (void)st;
+    /* fast: the official plaintext, an outer envelope, entities, empty */
+    parse_both(S("<xml><ToUserName><![CDATA[wx5823bf96d3bd56c7]]></ToUserName>\n"
+                 "<CreateTime>1409659813</CreateTime>\n<AgentID>218</AgentID>\n</xml>"), 0);
+    parse_both(S("<xml><ToUserName><![CDATA[gh]]></ToUserName><Encrypt><![CDATA[a+/=]]>"
+                 "</Encrypt></xml>"), 0);
+    parse_both(S("<xml><C>x &amp; &#20320;&#x1F600; <![CDATA[a]]]]><![CDATA[>b]]></C>"
+                 "<E/><F ></F ></xml >\n"), 0);
+    /* slow, same fields: declaration, comment, CR, nesting, attribute */
+    parse_both(S("<?xml version=\"1.0\"?><xml><A>1</A></xml>"), 1);
+    parse_both(S("<xml><!-- c --><A>1</A></xml>"), 1);
+    parse_both(S("<xml><A>a\r\nb</A></xml>"), 1);
+    parse_both(S("<xml><A>x<B>y</B>z</A></xml>"), 1);
+    parse_both(S("<xml><A id=\"1\">v</A></xml>"), 1);
+    struct wx_xml x;
+    assert_int_equal(wx_xml_parse(S("<xml><A>a\r\nb\rc</A></xml>"), &x), WX_OK);
+    assert_string_equal(wx_xml_get(&x, "A")->val, "a\nb\nc");   /* XML line ends */
+    wx_xml_free(&x);
+    /* refused by both, whichever the scanner would have said */
+    static const char *const bad[] = {
+        "<xml><A>a]]>b</A></xml>", "<xml><A>&#0;</A></xml>", "<xml><A>&#xD800;</A></xml>",
+        "<xml><A>\xc0\xaf</A></xml>", "<xml><A>\xed\xa0\x80</A></xml>",
+        "<xml><A>\xef\xbf\xbe</A></xml>", "<xml><A>\x01</A></xml>",
+        "<xml><A>1</B></xml>", "<xml><A>1</A></xml>junk", "<xml><A><![CDATA[x</A></xml>",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(wx_xml_parse_fast(S(bad[i]), &x), WX_OK);
+        assert_int_equal(wx_xml_parse(S(bad[i]), &x), WX_PARSE_XML);
+        wx_xml_free(&x);
+    }
+    /* a document bigger than the inline arena: one allocation, fast path */
+    struct wx_buf d = {0};
+    wx_buf_puts(&d, "<xml><Content><![CDATA[");
+    for (int i = 0; i < 1000; i++)
+        wx_buf_puts(&d, "0123456789");
+    wx_buf_puts(&d, "]]></Content></xml>");
+    assert_int_equal(wx_xml_parse(d.p, d.len, &x), WX_OK);
+    assert_int_equal(x.slow, 0);
+    assert_non_null(x.heap);
+    assert_int_equal(wx_xml_get(&x, "Content")->len, 10000);
+    wx_xml_free(&x);
+    wx_buf_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -168,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_cdata_and_entities),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_builders),
+        cmocka_unit_test(test_fast_and_slow),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
