@@ -442,13 +442,17 @@ def cases():
     def text(e):
         assert e["type"] == "message" and e["parts"] == [{"kind": "text", "text": "你好 <&> ]]> x"}]
 
+    three_days = 3 * 24 * 3600 * 1000
+
     def image(e):
         p = e["parts"][0]
         assert p["kind"] == "image" and p["media_id"] == "MEDIA_IMG" and p["url"] == "http://mmbiz/x.jpg"
+        assert abs(p["expires"] - e["ts"]["accepted"] - three_days) < 5000, p   # temporary media
 
     def voice(e):
         assert e["parts"][0]["kind"] == "voice" and e["parts"][0]["media_id"] == "MEDIA_V"
-        assert e["parts"][0]["mime"] == "audio/amr"
+        assert e["parts"][0]["mime"] == "audio/amr" and e["parts"][0]["format"] == "amr"
+        assert abs(e["parts"][0]["expires"] - e["ts"]["accepted"] - three_days) < 5000
         assert e["parts"][1] == {"kind": "text", "text": "语音识别"}
 
     def video(e):
@@ -476,6 +480,18 @@ def cases():
                 assert p["value"][k] == v, p
         return check
 
+    def no_key(check):
+        def f(e):
+            check(e)
+            assert "key" not in e["parts"][0] and len(e["parts"]) == 1, e["parts"]
+        return f
+
+    def location_event(e):
+        ev("location", latitude="23.137466", longitude="113.352425", precision="119.385040")(e)
+        p = e["parts"][1]
+        assert p["kind"] == "location" and abs(p["lat"] - 23.137466) < 1e-9
+        assert abs(p["lon"] - 113.352425) < 1e-9
+
     def unknown(e):
         assert e["type"] == "event"
         assert e["parts"][0]["name"] == "wechat_unknown" and e["parts"][0]["key"] == "file"
@@ -494,16 +510,17 @@ def cases():
         ("link", {"Title": "T", "Description": "D", "Url": "https://example.com/a",
                   "MsgId": None}, link),
         ("file", {"Title": "a.pdf", "MsgId": None}, unknown),
-        ("event", {"Event": "subscribe"}, ev("subscribe")),
+        ("event", {"Event": "subscribe"}, no_key(ev("subscribe"))),
         ("event", {"Event": "subscribe", "EventKey": "qrscene_777", "Ticket": "TK"},
          ev("subscribe", "777", scene="777", ticket="TK")),
-        ("event", {"Event": "unsubscribe"}, ev("unsubscribe")),
+        ("event", {"Event": "unsubscribe"}, no_key(ev("unsubscribe"))),
         ("event", {"Event": "SCAN", "EventKey": "888", "Ticket": "TK"},
          ev("scan", "888", scene="888")),
         ("event", {"Event": "LOCATION", "Latitude": "23.137466", "Longitude": "113.352425",
-                   "Precision": "119.385040"}, ev("location", precision="119.385040")),
+                   "Precision": "119.385040"}, location_event),
         ("event", {"Event": "CLICK", "EventKey": "V1001_TODAY"}, ev("menu_click", "V1001_TODAY")),
-        ("event", {"Event": "VIEW", "EventKey": "https://x.y/z"}, ev("menu_view", "https://x.y/z")),
+        ("event", {"Event": "VIEW", "EventKey": "https://x.y/z", "MenuId": "M9"},
+         ev("menu_view", "https://x.y/z", menu_id="M9")),
         ("event", {"Event": "TEMPLATESENDJOBFINISH", "MsgID": "200163836",
                    "Status": "failed:user block"},
          ev("template_send_job_finish", "200163836", status="failed:user block")),
