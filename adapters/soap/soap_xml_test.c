@@ -113,6 +113,21 @@ static void t_not_soap(void **st)
     expect_fault("not xml at all", 400, SOAP_FC_CLIENT, "MalformedXml");
     expect_fault("<Envelopes/>", 400, SOAP_FC_CLIENT, "NotSoap");
     expect_fault("\xFF\xFE<\0a\0/\0>\0", 400, SOAP_FC_CLIENT, "NotUtf8");
+    expect_fault("\x4C\x6F\xA7\x94\x93@\xA5\x85", 400, SOAP_FC_CLIENT, "NotUtf8");
+    /* A declared encoding is ignored: the bytes are read as UTF-8, so a
+     * Latin-1 byte is not well-formed and UTF-8 text comes through as is. */
+    expect_fault("<?xml version='1.0' encoding='ISO-8859-1'?><e:Envelope xmlns:e='"
+                 "http://schemas.xmlsoap.org/soap/envelope/'><e:Body><o>\xE9</o></e:Body>"
+                 "</e:Envelope>", 400, SOAP_FC_CLIENT, "MalformedXml");
+    {
+        struct soap_doc d;
+        struct soap_fault f;
+        assert_int_equal(parse("<?xml version='1.0' encoding='ISO-8859-1'?><e:Envelope "
+                               "xmlns:e='" E11 "'><e:Body><o>\xC3\xA9</o></e:Body></e:Envelope>",
+                               &d, &f), 0);
+        assert_string_equal(soap_text(&d, d.op).ptr, "\xC3\xA9");
+        soap_doc_free(&d);
+    }
     struct soap_doc d;
     struct soap_fault f;
     assert_int_equal(soap_parse(NULL, &LIM, "", 0, &d, &f), -1);

@@ -8,7 +8,11 @@ libevent evhttp "hello" (conformance/bench/evhttp_hello.c) answering the
 same POST. Every server has one core (CPU 1) and kfgate one worker loop; wrk
 runs on CPU 0. Median (min-max) of 3 runs, BENCH_SECONDS each.
 
-SOAP_BENCH_ONLY=kfgate,kfgate-wsse,kfgate-never,evhttp runs a subset."""
+A fourth kfgate row sets [bus] batch_linger_us = 0 (diagnostic: the cost
+of NNG's expire thread under the default 1 ms linger).
+
+SOAP_BENCH_ONLY=kfgate,kfgate-wsse,kfgate-never,kfgate-nolinger,evhttp runs a
+subset."""
 import json
 import os
 import re
@@ -61,11 +65,12 @@ def wrk_post(url, script, seconds=B.SECONDS):
     return rps, p99, errors
 
 
-def kfgate(auth, fsync=None):
+def kfgate(auth, fsync=None, linger=None):
     def start(tmp, port):
         run = tempfile.mkdtemp(dir=tmp)
         cfg = os.path.join(run, "kfgate.toml")
         fs = f'fsync = "{fsync}"\n' if fsync else ""
+        lg = f"batch_linger_us = {linger}\n" if linger is not None else ""
         users = 'users = ["bench=bench-pass"]\n' if auth != "none" else ""
         with open(cfg, "w") as f:
             f.write(f"""[gateway]
@@ -80,7 +85,7 @@ level = "error"
 [journal]
 dir = "{run}/journal"
 {fs}[bus]
-feed = "ipc://{run}/feed"
+{lg}feed = "ipc://{run}/feed"
 replay = "ipc://{run}/replay"
 outbound = "ipc://{run}/out"
 [[adapter]]
@@ -108,6 +113,11 @@ SERVERS = [("kfgate soap PushMessage, fsync default (interval 10 ms)", "kfgate",
             PUSH % WSSE),
            ("kfgate soap PushMessage, fsync never", "kfgate-never", kfgate("none", "never"),
             PUSH % ""),
+           # Diagnostic: with the bus's default 1 ms linger NNG's aio expire
+           # thread polls the clock on the server's one core (perf: about a
+           # third of it under this load); this row shows what that costs.
+           ("kfgate soap PushMessage, [bus] batch_linger_us = 0", "kfgate-nolinger",
+            kfgate("none", None, 0), PUSH % ""),
            ("libevent evhttp hello (same POST)", "evhttp", evhttp, PUSH % "")]
 
 
