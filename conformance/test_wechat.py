@@ -27,6 +27,8 @@ are Tencent's published WXBizMsgCrypt samples.
                                   call; refreshed ahead of expiry
   test_token_config_error_and_health  40125 from the token endpoint: final, and the
                                   instance reports unhealthy on /readyz with the code
+  test_passive_reply_matched_by_reply_to  two open messages of one user answered in
+                                  reverse order: each answer in its own HTTP response
   test_music_and_news             music passive reply (decrypted by @wecom/crypto when
                                   installed, else by hand), music through custom/send,
                                   news through WeCom message/send
@@ -1070,3 +1072,43 @@ def test_music_and_news(gw, api):
     ack = send_outbound(gw, out_env("wecom", "lisi", [music]))
     rs = receipts(gw, "wecom", ack["id"], "failed")
     assert [s for s in rs if s["status"] == "failed"][0]["retriable"] is False
+
+
+def test_passive_reply_matched_by_reply_to(gw):
+    """Two messages of one user wait at once; the core answers the second
+    first. Each answer must come back in the response of the message it
+    answers (reply_to), not in the oldest one of that user."""
+    reqs = [mp_request("safe", xml_msg("text", {"Content": "q%d" % i, "MsgId": str(new_id())},
+                                       frm="oTwice1"), nonce=str(700 + i)) for i in range(2)]
+    tailer = subprocess.Popen([TAIL, "--topic", "%s/wechat/mp-reply" % TENANT, "--count", "2",
+                               "--feed", "ipc://%s/feed.ipc" % gw.dir,
+                               "--replay", "ipc://%s/replay.ipc" % gw.dir],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    results = [None, None]
+
+    def go(i):
+        results[i] = http(gw, "POST", "/wx/reply", *reqs[i])
+
+    def core():
+        envs = [json.loads(tailer.stdout.readline())["envelope"] for _ in range(2)]
+        for env in reversed(envs):
+            text = env["parts"][0]["text"]
+            send_outbound(gw, {"v": 1, "instance": "mp-reply", "dir": "out", "type": "message",
+                               "conversation": {"id": "oTwice1"}, "reply_to": env["id"],
+                               "idem": "tw:" + env["id"],
+                               "parts": [{"kind": "text", "text": "answer to " + text}]})
+
+    t = threading.Thread(target=core)
+    t.start()
+    first = threading.Thread(target=go, args=(0,))
+    first.start()
+    time.sleep(0.3)                     # q0 is the older waiter
+    go(1)
+    first.join(10)
+    t.join(10)
+    tailer.wait(5)
+    for i in range(2):
+        assert results[i].status == 200, results[i]
+        x = decrypt_reply(results[i].body)
+        assert x.find("Content").text == "answer to q%d" % i, (i, x.find("Content").text)

@@ -29,6 +29,7 @@
 #include <kfgate/plugin.h>
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,7 @@ struct call {
     int64_t t0_ms;
     int encrypted;
     struct wx_info info;
+    char id[48];                    /* the envelope id (ABI 1.1 emit2), "" if unknown */
     /* passive-reply waiter: in wx->waiters while waiting (under wx->lock) */
     int waiting;
     struct kfg_timer *timer;        /* on `loop` */
@@ -115,6 +117,7 @@ struct wx {
     int64_t reply_window_ms, api_timeout_ms;
     size_t max_body;
     int keep_raw;
+    int has_emit2;                  /* the host has ABI 1.1 emit2 */
 
     atomic_long inflight;
 
@@ -301,6 +304,17 @@ static void on_emitted(void *arg, int result, uint64_t seq, const char *reason)
     release(wx);
 }
 
+/* ABI 1.1: the completion also names the envelope, so that a passive reply
+ * is matched to the very message it answers (reply_to). A duplicate names
+ * the original, which is what a core answers. */
+static void on_emitted2(void *arg, const struct kfg_emit_result *r)
+{
+    struct call *c = arg;
+    if (r->result == KFG_OK && r->id)
+        snprintf(c->id, sizeof c->id, "%s", r->id);
+    on_emitted(c, r->result, r->seq, r->reason);
+}
+
 static void on_callback(void *ctx, struct kfg_request *req)
 {
     struct wx *wx = ctx;
@@ -380,7 +394,8 @@ static void on_callback(void *ctx, struct kfg_request *req)
         return;
     }
     if (rc == KFG_OK)
-        rc = h->emit(wx->ins, m, on_emitted, c);
+        rc = wx->has_emit2 ? h->emit2(wx->ins, m, on_emitted2, c)
+                           : h->emit(wx->ins, m, on_emitted, c);
     if (rc != KFG_OK) {
         if (m)
             h->msg_free(m);
@@ -763,15 +778,25 @@ static void job_send(struct job *j)
         job_finish(j, KFG_RETRY, NULL, "cannot start the API call");
 }
 
-/* A waiter for this conversation, claimed (removed) under the lock. */
-static struct call *claim_waiter(struct wx *wx, struct kfg_str conv)
+/* The waiter an answer belongs to, claimed (removed) under the lock: the
+ * one whose envelope id is reply_to; with a host that does not tell ids
+ * (ABI 1.0), the oldest waiter of that user. */
+static struct call *claim_waiter(struct wx *wx, struct kfg_str reply_to, struct kfg_str conv)
 {
     struct call *found = NULL;
     pthread_mutex_lock(&wx->lock);
-    /* the oldest waiter of that user: the list is newest first */
-    for (struct call *c = wx->waiters; c; c = c->next)
-        if (strlen(c->info.from) == conv.len && memcmp(c->info.from, conv.ptr, conv.len) == 0)
-            found = c;
+    for (struct call *c = wx->waiters; c; c = c->next) {
+        if (c->id[0]) {
+            if (strlen(c->id) == reply_to.len && memcmp(c->id, reply_to.ptr, reply_to.len) == 0 &&
+                strlen(c->info.from) == conv.len && memcmp(c->info.from, conv.ptr, conv.len) == 0) {
+                found = c;
+                break;
+            }
+        } else if (strlen(c->info.from) == conv.len &&
+                   memcmp(c->info.from, conv.ptr, conv.len) == 0) {
+            found = c;        /* the list is newest first: keep looking for older */
+        }
+    }
     if (found) {
         found->waiting = 0;
         if (found->prev) found->prev->next = found->next; else wx->waiters = found->next;
@@ -790,14 +815,12 @@ static int wx_deliver(void *ctx, const struct kfg_msg *m, struct kfg_delivery *d
 
     /* Passive reply: an answer to a request still waiting in its window. */
     if (reply_to.ptr && reply_to.len && conv.ptr && conv.len) {
-        /* Build first so that a reply that has no passive form leaves the
-         * waiter alone. The envelope id of an inbound message is not known
-         * to the adapter (see the report), so the waiter is found by user. */
+        /* The waiter is matched by reply_to (see claim_waiter). */
         pthread_mutex_lock(&wx->lock);
         int any = wx->waiters != NULL;
         pthread_mutex_unlock(&wx->lock);
         if (any) {
-            struct call *c = claim_waiter(wx, conv);
+            struct call *c = claim_waiter(wx, reply_to, conv);
             if (c) {
                 struct wx_buf x = {0};
                 int64_t now_s = wall_ms() / 1000;
@@ -965,6 +988,8 @@ static int wx_init(struct kfg_instance *ins, const struct kfg_host *host, void *
     }
     wx->max_body = (size_t)mb;
     wx->keep_raw = host->config_bool(ins, "keep_raw");
+    wx->has_emit2 = host->abi_minor >= 1 &&
+                    host->struct_size > offsetof(struct kfg_host, emit2) && host->emit2;
 
     for (int o = 0; o < O__N; o++) {
         wx->requests[o] = host->metric_counter(ins, "wechat_requests_total",
