@@ -220,6 +220,9 @@ def instances(rx, rx12):
         dict(base, name="soap-lim", path="/soap/lim", auth="none", max_body=4096, max_depth=8,
              keep_raw=True),
         tickets,
+        # A legacy endpoint that is down (nothing listens), one attempt each.
+        dict(base, name="soap-down", path="/soap/down", auth="none",
+             endpoint_url="http://127.0.0.1:%d/down" % free_port(), endpoint_max_attempts=1),
     ]
 
 
@@ -1002,3 +1005,25 @@ def test_bad_config_is_refused_naming_the_key(gateway_factory):
             time.sleep(0.05)
         assert want in gw.log(), (extra, gw.log())
         gw.stop()
+
+
+def test_endpoint_down_makes_the_instance_unhealthy(gw):
+    """Ten failed callbacks in a row: /readyz reports the instance unhealthy
+    with the endpoint and the last error."""
+    ids = [send_outbound(gw, outbound("soap-down", "n%d" % i))["id"] for i in range(10)]
+    for i in ids:
+        rs = receipts(gw, "soap-down", i, want="failed")
+        f = [r for r in rs if r["status"] == "failed"][0]
+        assert f["code"] == "http:network" and "gave up after 1 attempts" in f["detail"]
+    deadline = time.monotonic() + 5
+    while True:
+        r = gw.admin("GET", "/readyz")
+        by = {i["name"]: i for i in json.loads(r.body)["instances"]}
+        if not by["soap-down"]["healthy"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status == 503
+    assert by["soap-down"]["healthy"] is False
+    assert "last 10 callback attempts" in by["soap-down"]["detail"]
+    assert "http:network" in by["soap-down"]["detail"]
+    assert by["soap-a"]["healthy"] is True

@@ -162,6 +162,8 @@ struct soap {
     uint32_t ep_timeout;
     unsigned ep_concurrency, ep_queue_max, ep_max_attempts;
     atomic_uint ob_inflight, ob_queued;
+    atomic_int ob_failures;         /* consecutive failed attempts (health) */
+    char ob_last_error[200];        /* control loop */
     struct ob_job *q_head, *q_tail;
     int stopping;
     atomic_int running;
@@ -697,6 +699,13 @@ static void ob_finish(struct ob_job *j, int result, const char *code, const char
               j->attempt, code, detail);
     s->host->metric_add(s->m_ob[result == KFG_OK ? B_OK : result == KFG_RETRY ? B_RETRY
                                                                               : B_FAIL], 1);
+    if (result == KFG_OK) {
+        atomic_store(&s->ob_failures, 0);
+    } else {
+        atomic_fetch_add(&s->ob_failures, 1);
+        snprintf(s->ob_last_error, sizeof s->ob_last_error, "%s %s", code ? code : "",
+                 detail ? detail : "");
+    }
     if (result != KFG_OK)
         s->host->log(s->ins, NULL, result == KFG_RETRY ? KFG_LOG_INFO : KFG_LOG_WARN,
                      "delivery %s attempt %u %s: %s %s", j->id, j->attempt,
@@ -1385,6 +1394,7 @@ static int soap_init(struct kfg_instance *ins, const struct kfg_host *host, void
     atomic_init(&s->running, 0);
     atomic_init(&s->ob_inflight, 0);
     atomic_init(&s->ob_queued, 0);
+    atomic_init(&s->ob_failures, 0);
     xmlInitParser();
     int rc = soap_init_inner(s);
     if (rc != KFG_OK)
@@ -1430,6 +1440,22 @@ static int soap_stop(void *ctx)
     return KFG_AGAIN;
 }
 
+/* Unhealthy after OB_UNHEALTHY failed callbacks in a row: the legacy
+ * endpoint is down or refuses us, which an operator wants on /readyz. */
+#define OB_UNHEALTHY 10
+
+static int soap_health(void *ctx, char *detail, size_t cap)
+{
+    struct soap *s = ctx;
+    int f = atomic_load(&s->ob_failures);
+    if (f >= OB_UNHEALTHY) {
+        snprintf(detail, cap, "last %d callback attempts to %s failed: %s", f, s->ep_url,
+                 s->ob_last_error);
+        return KFG_EFAIL;
+    }
+    return KFG_OK;
+}
+
 static void soap_destroy(void *ctx)
 {
     struct soap *s = ctx;
@@ -1454,5 +1480,6 @@ KFG_PLUGIN_EXPORT = {
     .start = soap_start,
     .stop = soap_stop,
     .destroy = soap_destroy,
+    .health = soap_health,
     .deliver = soap_deliver,
 };
