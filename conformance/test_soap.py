@@ -1027,3 +1027,22 @@ def test_endpoint_down_makes_the_instance_unhealthy(gw):
     assert "last 10 callback attempts" in by["soap-down"]["detail"]
     assert "http:network" in by["soap-down"]["detail"]
     assert by["soap-a"]["healthy"] is True
+
+
+def test_public_url_goes_into_the_wsdl(gateway_factory):
+    inst = {"kind": "adapter", "type": "soap", "name": "soap-pub", "tenant": "acme",
+            "path": "/pub", "auth": "none", "public_url": "https://gw.example.com/soap?x=<1>"}
+    gw = gateway_factory(plugins=[(SOAP_SO, "soap-adapter.so")], instances=[inst])
+    r = requests.get("http://127.0.0.1:%d/pub?wsdl" % gw.http_port, timeout=5,
+                     headers={"Host": "evil.example"})
+    assert r.status_code == 200
+    doc = etree.fromstring(r.content)
+    locs = [e.get("location") for e in doc.iter("{http://schemas.xmlsoap.org/wsdl/soap/}address",
+                                                 "{http://schemas.xmlsoap.org/wsdl/soap12/}address")]
+    assert locs == ["https://gw.example.com/soap?x=<1>"] * 2     # escaped in the XML
+    # Without public_url a Host header that is not a host name is refused.
+    gw2 = gateway_factory(plugins=[(SOAP_SO, "soap-adapter.so")],
+                          instances=[dict(inst, name="soap-pub2", public_url="")])
+    r = requests.get("http://127.0.0.1:%d/pub?wsdl" % gw2.http_port, timeout=5,
+                     headers={"Host": "ex_ample.com"})
+    assert r.status_code == 400 and b"Host" in r.content
