@@ -351,11 +351,11 @@ int wx_encrypt(const unsigned char key[32], const unsigned char random16[16],
     size_t flen = 20 + msg_len + rid_len;
     size_t pad = 32 - flen % 32;     /* 1..32: a full block when aligned */
     size_t total = flen + pad;
+    /* the frame is encrypted in place (EVP allows in == out for CBC) */
     unsigned char *f = malloc(total);
-    unsigned char *ct = malloc(total);
     char *b = malloc(4 * ((total + 2) / 3) + 1);
-    if (!f || !ct || !b) {
-        free(f), free(ct), free(b);
+    if (!f || !b) {
+        free(f), free(b);
         return WX_ENCRYPT_AES;
     }
     memcpy(f, random16, 16);
@@ -368,15 +368,13 @@ int wx_encrypt(const unsigned char key[32], const unsigned char random16[16],
     if (rid_len)
         memcpy(f + 20 + msg_len, receive_id, rid_len);
     memset(f + flen, (int)pad, pad);
-    int rc = aes_cbc(key, 1, f, total, ct);
-    free(f);
-    if (rc != 0) {
-        free(ct), free(b);
+    if (aes_cbc(key, 1, f, total, f) != 0) {
+        free(f), free(b);
         return WX_ENCRYPT_AES;
     }
-    *out_len = wx_b64_encode(ct, total, b);
+    *out_len = wx_b64_encode(f, total, b);
     *out = b;
-    free(ct);
+    free(f);
     return WX_OK;
 }
 

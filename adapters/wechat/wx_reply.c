@@ -137,13 +137,13 @@ int wx_reply_xml(const struct kfg_host *h, const struct kfg_msg *m, int variant,
 int wx_reply_encrypt(const struct wx_conf *c, const char *xml, size_t len, int64_t now_s,
                      struct wx_buf *b)
 {
-    unsigned char rnd[16];
-    char nonce[16];
-    if (wx_random_alnum((char *)rnd, sizeof rnd) != 0)
+    /* one RNG call for the frame's 16-byte prefix and a fresh 10-digit
+     * decimal nonce (like WeChat's own) */
+    char r[26];
+    if (wx_random_alnum(r, sizeof r) != 0)
         return WX_ENCRYPT_AES;
-    /* A fresh decimal nonce, like WeChat's own. */
-    if (wx_random_alnum(nonce, 10) != 0)
-        return WX_ENCRYPT_AES;
+    const unsigned char *rnd = (const unsigned char *)r;
+    char *nonce = r + 16;
     for (int i = 0; i < 10; i++)
         nonce[i] = (char)('0' + (unsigned char)nonce[i] % 10);
     if (nonce[0] == '0')
