@@ -758,6 +758,27 @@ def test_outbound_while_broker_stays_down_is_retried_then_failed():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_second_broker_url_is_tried():
+    root = tempfile.mkdtemp(prefix="kfc-mqtt-fo-", dir="/tmp")
+    b = Broker(os.path.join(root, "broker"), persistence=False).start()
+    dead = Broker(os.path.join(root, "dead"), persistence=False)     # never started
+    gw = None
+    try:
+        inst = dict(FAST, kind="adapter", type="mqtt", tenant="acme", name="fo",
+                    brokers=[dead.url, b.url], subscribe=["fo/{device}/up"], json_text="/text")
+        gw = start_gateway(os.path.join(root, "gw"), [inst], [(MQTT_SO, "mqtt-adapter.so")])
+        status, doc = wait_ready(gw, True, timeout=10)
+        assert status == 200, doc
+        assert "connected to %s" % b.url in gw.log()
+        pub(b, "fo/x/up", json.dumps({"text": "via the second"}))
+        inbound(gw, "fo", lambda r: text_of(r) == "via the second")
+    finally:
+        b.stop()
+        if gw:
+            stop_clean(gw)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_wrong_ca_is_unhealthy_with_reason():
     root = tempfile.mkdtemp(prefix="kfc-mqtt-ca-", dir="/tmp")
     b = Broker(os.path.join(root, "broker"), tls=True, persistence=False).start()
