@@ -892,14 +892,18 @@ static void on_disconnect(struct mosquitto *mosq, void *obj, int rc,
     (void)props;
     struct mq *q = obj;
     const struct mqt_url *b = &q->brokers[q->broker];
-    int was = q->connected;
+    int was = q->connected, trying = q->connecting;
+    const char *why = rc == MOSQ_ERR_SUCCESS ? "closed" : mosq_err(rc);
     q->connected = 0;
     q->connecting = 0;
     q->host->metric_set(q->m_conn, 0);
-    if (!q->status[0] || was)
+    /* A CONNACK refusal already said why (on_connect); keep that. */
+    if (was)
         snprintf(q->status, sizeof q->status, "lost the connection to %s://%s:%d: %s",
-                 b->tls ? "mqtts" : "mqtt", b->host, b->port,
-                 rc == MOSQ_ERR_SUCCESS ? "closed" : mosq_err(rc));
+                 b->tls ? "mqtts" : "mqtt", b->host, b->port, why);
+    else if (trying || !q->status[0])
+        snprintf(q->status, sizeof q->status, "cannot connect to %s://%s:%d: %s",
+                 b->tls ? "mqtts" : "mqtt", b->host, b->port, why);
     if (was)
         q->host->log(q->ins, NULL, KFG_LOG_WARN, "%s", q->status);
     /* QoS 0 publishes not yet written are gone with the socket. QoS 1/2
