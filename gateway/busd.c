@@ -451,6 +451,13 @@ static void original_id(uint64_t seq, char *out, size_t cap)
     kfg_journal_read(B.j, seq, 1, id_of, &l);
 }
 
+static void journal_kick(void *arg)
+{
+    (void)arg;
+    if (B.j)
+        kfg_journal_kick(B.j);
+}
+
 static int append(struct pend *p, struct kfg_msg *m)
 {
     struct kfg_str key = kfg_msg_get(m, KFG_ENV_IDEM);
@@ -465,7 +472,13 @@ static int append(struct pend *p, struct kfg_msg *m)
     }
     p->m = m;
     p->t0 = mono_s();
-    int r = kfg_journal_append(B.j, klen ? kbuf : NULL, klen, encode_rec, p, committed, p);
+    /* On a loop, wake the writer once at the end of the loop's pass. */
+    struct kfg_loop *loop = kfg_loop_current();
+    int r = loop ? kfg_journal_append_deferred(B.j, klen ? kbuf : NULL, klen, encode_rec, p,
+                                               committed, p)
+                 : kfg_journal_append(B.j, klen ? kbuf : NULL, klen, encode_rec, p, committed, p);
+    if (loop && r == KFG_OK && kfg_loop_at_pass_end(loop, journal_kick, NULL) != 0)
+        kfg_journal_kick(B.j);
     /* On success p may already be committed and freed by the writer. */
     if (r != KFG_OK)
         p->m = NULL;

@@ -1076,9 +1076,9 @@ static void wake_writer(struct kfg_journal *j)
         pthread_cond_signal(&j->cv);
 }
 
-int kfg_journal_append(struct kfg_journal *j, const void *key, size_t keylen,
+static int append_impl(struct kfg_journal *j, const void *key, size_t keylen,
                        kfg_journal_encode_fn enc, void *enc_arg, kfg_journal_done_fn done,
-                       void *done_arg)
+                       void *done_arg, int wake)
 {
     if (!j || !enc || keylen > KFG_JOURNAL_MAX_KEY || (keylen && !key))
         return KFG_EINVAL;
@@ -1115,7 +1115,8 @@ int kfg_journal_append(struct kfg_journal *j, const void *key, size_t keylen,
             p->dup = 1;
             j->pending++;
             j->n_dups++;
-            wake_writer(j);
+            if (wake)
+                wake_writer(j);
             rc = KFG_OK;
             goto out;
         }
@@ -1173,11 +1174,34 @@ int kfg_journal_append(struct kfg_journal *j, const void *key, size_t keylen,
     j->last_ms = ms;
     j->pending++;
     j->n_appends++;
-    wake_writer(j);
+    if (wake)
+        wake_writer(j);
     rc = KFG_OK;
 out:
     pthread_mutex_unlock(&j->mu);
     return rc;
+}
+
+int kfg_journal_append(struct kfg_journal *j, const void *key, size_t keylen,
+                       kfg_journal_encode_fn enc, void *enc_arg, kfg_journal_done_fn done,
+                       void *done_arg)
+{
+    return append_impl(j, key, keylen, enc, enc_arg, done, done_arg, 1);
+}
+
+int kfg_journal_append_deferred(struct kfg_journal *j, const void *key, size_t keylen,
+                                kfg_journal_encode_fn enc, void *enc_arg,
+                                kfg_journal_done_fn done, void *done_arg)
+{
+    return append_impl(j, key, keylen, enc, enc_arg, done, done_arg, 0);
+}
+
+void kfg_journal_kick(struct kfg_journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    if (j->fill.n)
+        wake_writer(j);
+    pthread_mutex_unlock(&j->mu);
 }
 
 /* ------------------------------------------------------------------------ */

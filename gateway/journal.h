@@ -147,6 +147,16 @@ int kfg_journal_append(struct kfg_journal *j, const void *key, size_t keylen,
                        kfg_journal_encode_fn enc, void *enc_arg,
                        kfg_journal_done_fn done, void *done_arg);
 
+/* The same, but an idle writer is not woken: the record waits for the next
+ * kfg_journal_kick (or any other append). A thread that appends a burst
+ * (one event-loop pass of requests) kicks once at its end, so the writer
+ * takes the burst as one batch instead of preempting it after each record.
+ * The caller must kick after a KFG_OK. */
+int kfg_journal_append_deferred(struct kfg_journal *j, const void *key, size_t keylen,
+                                kfg_journal_encode_fn enc, void *enc_arg,
+                                kfg_journal_done_fn done, void *done_arg);
+void kfg_journal_kick(struct kfg_journal *j);
+
 /* Calls cb for committed records with seq >= from_seq, in order, at most
  * max_records of them (0 = no limit), skipping gaps (records removed by
  * retention or by truncate_corrupt). Returns the number of records passed to

@@ -33,6 +33,12 @@ struct kfg_loop {
 
     struct kfg_httpc *httpc;
     void *http_state;
+
+    /* kfg_loop_at_pass_end: a fixed set of hooks, run once after the
+     * callbacks the current pass already activated. Loop thread only. */
+    struct event *pass_end;
+    struct { kfg_post_fn fn; void *arg; } hooks[KFG_LOOP_PASS_HOOKS];
+    unsigned nhooks;
 };
 
 static __thread struct kfg_loop *current;
@@ -57,6 +63,34 @@ static void drain_posts(evutil_socket_t fd, short what, void *arg)
     }
     if (stop)
         event_base_loopexit(loop->base, NULL);
+}
+
+static void run_pass_end(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    struct kfg_loop *loop = arg;
+    /* A hook may register again; that one runs in a later pass. */
+    unsigned n = loop->nhooks;
+    loop->nhooks = 0;
+    for (unsigned i = 0; i < n; i++)
+        loop->hooks[i].fn(loop->hooks[i].arg);
+}
+
+int kfg_loop_at_pass_end(struct kfg_loop *loop, kfg_post_fn fn, void *arg)
+{
+    for (unsigned i = 0; i < loop->nhooks; i++)
+        if (loop->hooks[i].fn == fn && loop->hooks[i].arg == arg)
+            return 0;
+    if (loop->nhooks == KFG_LOOP_PASS_HOOKS)
+        return -1;
+    if (!loop->pass_end &&
+        !(loop->pass_end = event_new(loop->base, -1, 0, run_pass_end, loop)))
+        return -1;
+    loop->hooks[loop->nhooks].fn = fn;
+    loop->hooks[loop->nhooks].arg = arg;
+    if (loop->nhooks++ == 0)
+        event_active(loop->pass_end, 0, 0);
+    return 0;
 }
 
 struct kfg_loop *kfg_loop_new(unsigned id)
@@ -103,6 +137,8 @@ void kfg_loop_free(struct kfg_loop *loop)
     }
     if (loop->wake)
         event_free(loop->wake);
+    if (loop->pass_end)
+        event_free(loop->pass_end);
     if (loop->efd >= 0)
         close(loop->efd);
     if (loop->base)

@@ -37,6 +37,14 @@ void kfg_loop_join(struct kfg_loop *loop);
 void kfg_loop_stop(struct kfg_loop *loop);
 /* Queues fn(arg) to run on the loop's thread; any thread. 0 or -1 (stopped). */
 int kfg_loop_post(struct kfg_loop *loop, kfg_post_fn fn, void *arg);
+/* Runs fn(arg) once on the loop, after the callbacks already activated in
+ * the current pass (e.g. every readable connection of one epoll round);
+ * registering the same fn and arg again before then is a no-op. Loop
+ * thread only. 0, or -1 when all KFG_LOOP_PASS_HOOKS slots are taken (the
+ * caller then does its work at once). This is how work handed to another
+ * thread is handed over once per pass instead of once per request. */
+#define KFG_LOOP_PASS_HOOKS 8
+int kfg_loop_at_pass_end(struct kfg_loop *loop, kfg_post_fn fn, void *arg);
 /* The loop's HTTP client, created on first use; loop thread only. */
 struct kfg_httpc *kfg_loop_httpc(struct kfg_loop *loop);
 /* Per-loop slot for the HTTP server layer. */
