@@ -9,10 +9,10 @@ message's fields, msgpack encode with @msgpack/msgpack, 202 with an id; no
 journal). Every server has one core (CPU 1) and kfgate one worker loop;
 wrk runs on CPU 0. Median (min-max) of 3 runs, BENCH_SECONDS each.
 
-A third kfgate row sets [bus] batch_linger_us = 0: with the default 1 ms
-linger, NNG 1.5's aio expire thread polls the clock while the timer is
-armed and takes about a third of the core under this load (perf evidence
-in the REST helper's report); the row shows what that costs.
+A third kfgate row sets [bus] batch_linger_us = 0, to show what the
+feed's default 1 ms batch linger costs this path (it once cost a third of
+the core, when NNG's expire thread polled the clock; since 3d6e3fb it is
+~10% of the CPU per request).
 
 REST_BENCH_ONLY=kfgate (or a comma list of kfgate,kfgate-never,
 kfgate-nolinger,evhttp,node) runs a subset."""
