@@ -75,6 +75,8 @@ static const struct kfg_config_key ws_config[] = {
     { "hello_timeout_ms", KFG_CFG_INT, 0, "10000", "close (4008) without a hello after this long" },
     { "close_timeout_ms", KFG_CFG_INT, 0, "2000", "wait this long for the client's close frame" },
     { "resume_max", KFG_CFG_INT, 0, "1000", "most frames one resume replays" },
+    { "resume_concurrency", KFG_CFG_INT, 0, "16",
+      "journal reads for resumes at once per worker loop; more hellos wait their turn" },
     { "sndbuf_bytes", KFG_CFG_INT, 0, "0", "SO_SNDBUF of each connection (kernel memory); 0 = system default" },
     { NULL, 0, 0, NULL, NULL },
 };
@@ -179,7 +181,7 @@ struct ws_conn {
     uint16_t inflight;
     uint8_t state, sub;
     uint8_t pinged : 1, rd_paused : 1, wr_armed : 1, in_rx : 1, close_when_drained : 1,
-        anonymous : 1, shut_when_drained : 1;
+        anonymous : 1, shut_when_drained : 1, resume_slot : 1;
 };
 
 struct ws_inst;
@@ -192,6 +194,16 @@ struct ws_loopst {
     struct ws_link hello, open, closing;
     uint8_t *scratch;
     int stopped;
+    /* Resumes read the journal on the gateway's replay thread, from wherever
+     * the client says: at most resume_concurrency at once per loop, the
+     * others wait here in hello order (each holding a connection ref). */
+    uint32_t resumes;
+    struct ws_wait *wait_head, *wait_tail;
+};
+
+struct ws_wait {
+    struct ws_wait *next;
+    struct ws_conn *c;
 };
 
 #define CONV_BUCKETS 4096
@@ -211,7 +223,7 @@ struct ws_inst {
     size_t secret_len;
 
     uint32_t max_message, max_conns, max_per_ip, rate, burst, max_inflight;
-    uint32_t sq_max, resume_max, sndbuf;
+    uint32_t sq_max, resume_max, sndbuf, resume_conc;
     size_t sq_bytes;
     uint64_t ping_ms, idle_ms, hello_ms, close_ms;
     int have_11;
@@ -392,6 +404,7 @@ static void conn_finish(struct ws_conn *c);
 static void conn_update_events(struct ws_conn *c);
 static void conn_close(struct ws_conn *c, unsigned code, const char *why);
 static void replay_next(struct ws_conn *c);
+static void resume_release(struct ws_conn *c);
 static const struct ws_rx_ops ws_ops;
 
 /* The slow-reader rule: the queue is over its limits. The close frame can
@@ -596,6 +609,8 @@ static void conn_finish(struct ws_conn *c)
         c->sq = NULL;
     }
     if (c->rp) {
+        if (!c->rp->running)
+            resume_release(c);   /* else replay_done gives the slot back */
         while (c->rp->held) {
             struct ws_qent *e = c->rp->held;
             c->rp->held = e->next;
@@ -779,6 +794,56 @@ static void conn_push(struct ws_conn *c, struct ws_out *o)
 /* ------------------------------------------------------------------------ */
 /* Resume (spec §6) */
 
+/* Gives the loop's resume slot back and starts the next waiting resume. */
+static void resume_release(struct ws_conn *c)
+{
+    struct ws_loopst *ls = c->ls;
+    if (!c->resume_slot)
+        return;
+    c->resume_slot = 0;
+    ls->resumes--;
+    int stopping = atomic_load(&ls->wi->stopping);
+    while (ls->wait_head && (stopping || ls->resumes < ls->wi->resume_conc)) {
+        struct ws_wait *w = ls->wait_head;
+        ls->wait_head = w->next;
+        if (!ls->wait_head)
+            ls->wait_tail = NULL;
+        struct ws_conn *n = w->c;
+        free(w);
+        if (n->state == S_OPEN && n->rp && !stopping) {
+            n->resume_slot = 1;
+            ls->resumes++;
+            replay_next(n);
+        }
+        conn_unref(n);
+    }
+}
+
+/* Starts c's resume now or queues it behind the others of its loop. */
+static void resume_start(struct ws_conn *c)
+{
+    struct ws_loopst *ls = c->ls;
+    if (ls->resumes < ls->wi->resume_conc) {
+        c->resume_slot = 1;
+        ls->resumes++;
+        replay_next(c);
+        return;
+    }
+    struct ws_wait *w = malloc(sizeof *w);
+    if (!w) {
+        conn_close(c, WS_CLOSE_TRY_AGAIN, "out of memory");
+        return;
+    }
+    conn_ref(c);
+    w->c = c;
+    w->next = NULL;
+    if (ls->wait_tail)
+        ls->wait_tail->next = w;
+    else
+        ls->wait_head = w;
+    ls->wait_tail = w;
+}
+
 static void replay_finish(struct ws_conn *c, int truncated)
 {
     struct ws_replay *rp = c->rp;
@@ -786,6 +851,7 @@ static void replay_finish(struct ws_conn *c, int truncated)
     json_t *r = json_pack("{s:s, s:I, s:I, s:b}", "type", "resumed", "last_seq",
                           (json_int_t)c->last_seq, "count", (json_int_t)rp->count,
                           "truncated", truncated);
+    resume_release(c);
     conn_send_json(c, r);
     while (rp->held) {
         struct ws_qent *e = rp->held;
@@ -846,6 +912,8 @@ static void replay_done(void *arg, int result, uint64_t next, int more)
         } else {
             replay_next(c);
         }
+    } else {
+        resume_release(c);       /* it closed while its chunk was read */
     }
     conn_unref(c);
 }
@@ -1162,7 +1230,7 @@ static void handle_hello(struct ws_conn *c, struct ws_cframe *f)
         c->last_seq = f->resume_from;
         c->rp->next = f->resume_from + 1;
         wi->host->metric_add(wi->m_resumes, 1);
-        replay_next(c);
+        resume_start(c);
     }
 }
 
@@ -1805,6 +1873,7 @@ static int ws_init(struct kfg_instance *ins, const struct kfg_host *host, void *
         { "max_inflight", 1, 10000, NULL, &wi->max_inflight },
         { "send_queue_max", 1, 1000000, NULL, &wi->sq_max },
         { "resume_max", 1, 100000, NULL, &wi->resume_max },
+        { "resume_concurrency", 1, 10000, NULL, &wi->resume_conc },
         { "sndbuf_bytes", 0, 64 << 20, NULL, &wi->sndbuf },
         { "ping_interval_ms", 100, 86400000, &wi->ping_ms, NULL },
         { "idle_timeout_ms", 200, 86400000, &wi->idle_ms, NULL },
@@ -1903,6 +1972,13 @@ static void loop_stop(void *arg)
             conn_finish(c);
         }
     }
+    while (ls->wait_head) {       /* resumes that never got their turn */
+        struct ws_wait *w = ls->wait_head;
+        ls->wait_head = w->next;
+        conn_unref(w->c);
+        free(w);
+    }
+    ls->wait_tail = NULL;
     if (ls->sweep) {
         wi->host->timer_free(ls->sweep);
         ls->sweep = NULL;
