@@ -346,20 +346,25 @@ static void part_from_exact(struct ctx *c, int part, const char *key, const char
         c->rc = c->h->msg_part_set(c->m, (size_t)part, key, f->val, f->len);
 }
 
-/* A NUL-terminated copy of a trimmed field (for envelope.h builders that
- * take C strings); NULL when absent or empty. */
-static char *dupf(const struct wx_xml *x, const char *name)
+/* A trimmed field as a C string (for the envelope.h builders that take
+ * them); NULL when absent or empty. The arena's own bytes when no
+ * whitespace trails (the usual case: no copy), else a copy in *own, which
+ * the caller frees (free(NULL) otherwise). */
+static const char *cstrf(const struct wx_xml *x, const char *name, char **own)
 {
     size_t n;
     const char *p = tf(x, name, &n);
+    *own = NULL;
     if (!p || !n)
         return NULL;
+    if (p[n] == '\0')
+        return p;
     char *s = malloc(n + 1);
     if (s) {
         memcpy(s, p, n);
         s[n] = '\0';
     }
-    return s;
+    return *own = s;
 }
 
 static const char *const event_names[][2] = {
@@ -391,9 +396,10 @@ static int message_parts(struct ctx *c, const char *mt, size_t mtn, const struct
         return 1;
     }
     if (ieq(mt, mtn, "image")) {
-        char *mid = dupf(x, "MediaId"), *url = dupf(x, "PicUrl");
+        char *o1, *o2;
+        const char *mid = cstrf(x, "MediaId", &o1), *url = cstrf(x, "PicUrl", &o2);
         int p = (mid || url) ? kfg_env_media(h, m, KFG_ENV_KIND_IMAGE, mid, url, NULL) : -1;
-        free(mid), free(url);
+        free(o1), free(o2);
         if (p == -1)
             return 0;
         if (p < 0) {
@@ -405,7 +411,8 @@ static int message_parts(struct ctx *c, const char *mt, size_t mtn, const struct
         return 1;
     }
     if (ieq(mt, mtn, "voice")) {
-        char *mid = dupf(x, "MediaId");
+        char *o1;
+        const char *mid = cstrf(x, "MediaId", &o1);
         if (!mid)
             return 0;
         size_t fn;
@@ -416,7 +423,7 @@ static int message_parts(struct ctx *c, const char *mt, size_t mtn, const struct
         else if (fmt && ieq(fmt, fn, "speex"))
             mime = "audio/speex";
         int p = kfg_env_media(h, m, KFG_ENV_KIND_VOICE, mid, NULL, mime);
-        free(mid);
+        free(o1);
         if (p < 0) {
             c->rc = p;
             return 1;
@@ -432,11 +439,12 @@ static int message_parts(struct ctx *c, const char *mt, size_t mtn, const struct
         return 1;
     }
     if (ieq(mt, mtn, "video") || ieq(mt, mtn, "shortvideo")) {
-        char *mid = dupf(x, "MediaId");
+        char *o1;
+        const char *mid = cstrf(x, "MediaId", &o1);
         if (!mid)
             return 0;
         int p = kfg_env_media(h, m, KFG_ENV_KIND_VIDEO, mid, NULL, NULL);
-        free(mid);
+        free(o1);
         if (p < 0) {
             c->rc = p;
             return 1;
@@ -452,9 +460,10 @@ static int message_parts(struct ctx *c, const char *mt, size_t mtn, const struct
         if (!a || !b || !parse_double(a, an, &lat) || !parse_double(b, bn, &lon) ||
             !(lat >= -90 && lat <= 90 && lon >= -180 && lon <= 180))
             return 0;
-        char *label = dupf(x, "Label");
+        char *o1;
+        const char *label = cstrf(x, "Label", &o1);
         int p = kfg_env_location(h, m, lat, lon, label);
-        free(label);
+        free(o1);
         if (p < 0) {
             c->rc = p;
             return 1;
@@ -466,12 +475,13 @@ static int message_parts(struct ctx *c, const char *mt, size_t mtn, const struct
         return 1;
     }
     if (ieq(mt, mtn, "link")) {
-        char *url = dupf(x, "Url");
+        char *o1, *o2, *o3;
+        const char *url = cstrf(x, "Url", &o1);
         if (!url)
             return 0;
-        char *title = dupf(x, "Title"), *desc = dupf(x, "Description");
+        const char *title = cstrf(x, "Title", &o2), *desc = cstrf(x, "Description", &o3);
         int p = kfg_env_link(h, m, url, title, desc);
-        free(url), free(title), free(desc);
+        free(o1), free(o2), free(o3);
         if (p < 0) {
             c->rc = p;
             return 1;

@@ -370,6 +370,19 @@ static void test_map_messages(void **st)
     assert_string_equal(fh_ps(m, 0, "description"), "D");
     assert_string_equal(fh_ps(m, 0, "thumb_url"), "https://p");
     fh_free(m);
+
+    /* ids and URLs are trimmed: with trailing whitespace they are copied,
+     * without it taken from the parsed document as they are */
+    m = build(HDR("link") "<Title>\n  T2 \n</Title><Url> https://x/z\t</Url><MsgId>16</MsgId></xml>",
+              WX_MP, &info);
+    assert_string_equal(fh_ps(m, 0, "url"), "https://x/z");
+    assert_string_equal(fh_ps(m, 0, "title"), "T2");
+    fh_free(m);
+    m = build(HDR("image") "<MediaId>M2 </MediaId><PicUrl> https://p/2</PicUrl><MsgId>17</MsgId></xml>",
+              WX_MP, &info);
+    assert_string_equal(fh_ps(m, 0, "media_id"), "M2");
+    assert_string_equal(fh_ps(m, 0, "url"), "https://p/2");
+    fh_free(m);
 }
 
 static void test_map_wecom_official(void **st)
