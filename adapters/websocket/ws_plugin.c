@@ -686,10 +686,36 @@ static void conn_fail(struct ws_conn *c, unsigned code, const char *why)
 /* ------------------------------------------------------------------------ */
 /* Outbound frames: rendering an envelope */
 
-static const char *const part_strs[] = {
+/* The string fields worth asking for, per kind (each msg_part_get is a
+ * lookup in the host; a text part needs two, not fourteen). */
+static const char *const strs_text[] = { "text", "format", NULL };
+static const char *const strs_media[] = { "url", "media_id", "mime", "name", "thumb_url",
+                                          "thumb_media_id", "sha256", NULL };
+static const char *const strs_link[] = { "url", "title", "description", "thumb_url", NULL };
+static const char *const strs_location[] = { "label", NULL };
+static const char *const strs_event[] = { "name", "key", "value", NULL };
+static const char *const strs_any[] = {
     "text", "format", "url", "media_id", "mime", "name", "title", "description",
     "label", "thumb_url", "thumb_media_id", "key", "value", "sha256", NULL,
 };
+
+static const char *const *part_strs(const char *kind)
+{
+    if (!kind)
+        return strs_any;
+    if (!strcmp(kind, "text"))
+        return strs_text;
+    if (!strcmp(kind, "image") || !strcmp(kind, "voice") || !strcmp(kind, "video") ||
+        !strcmp(kind, "file"))
+        return strs_media;
+    if (!strcmp(kind, "link"))
+        return strs_link;
+    if (!strcmp(kind, "location"))
+        return strs_location;
+    if (!strcmp(kind, "event"))
+        return strs_event;
+    return strs_any;
+}
 
 static json_t *render(struct ws_inst *wi, const struct kfg_msg *m, uint64_t seq)
 {
@@ -733,10 +759,11 @@ static json_t *render(struct ws_inst *wi, const struct kfg_msg *m, uint64_t seq)
         json_t *p = json_pack("{s:s}", "kind", kind ? kind : "");
         if (!p)
             continue;
-        for (size_t k = 0; part_strs[k]; k++) {
-            s = h->msg_part_get(m, i, part_strs[k]);
+        const char *const *keys = part_strs(kind);
+        for (size_t k = 0; keys[k]; k++) {
+            s = h->msg_part_get(m, i, keys[k]);
             if (s.ptr)
-                json_object_set_new(p, part_strs[k], json_stringn(s.ptr, s.len));
+                json_object_set_new(p, keys[k], json_stringn(s.ptr, s.len));
         }
         if (kind && !strcmp(kind, "text") && !have_text && json_object_get(p, "text")) {
             json_object_set(o, "text", json_object_get(p, "text"));
