@@ -78,6 +78,10 @@ $(BUILD)/kfgate: $(BUILD)/obj/main.o $(BUILD)/libkfgate.a
 $(BUILD)/kfgate-asan: gateway/main.c $(BUILD)/libkfgate-asan.a
 	$(CC) $(CFLAGS_BASE) -O1 $(SAN) $^ $(LIBS) -o $@
 
+# No-I/O micro-benchmarks of core hot paths (make bench runs them).
+$(BUILD)/%_bench: gateway/%_bench.c $(BUILD)/libkfgate.a
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $^ $(LIBS) -o $@
+
 $(BUILD)/kfgate-toml: gateway/tools/kfgate_toml.c $(BUILD)/libkfgate.a
 	$(CC) $(CFLAGS_BASE) $(CFLAGS) $^ $(LIBS) -o $@
 
@@ -174,7 +178,7 @@ run: deps
 	$(BUILD)/kfgate -c config.example.toml
 
 bench: bench-deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(BUILD)/envelope_bench
 	conformance/bench/run.sh
 
 clean:

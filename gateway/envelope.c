@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <msgpack.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,43 +37,55 @@ enum st {
 struct schema {
     const char *key;
     enum st type;
+    size_t len;             /* filled in by schema_len */
 };
 
-static const struct schema top_schema[] = {
-    { "v", S_UINT }, { "id", S_STR }, { "seq", S_UINT }, { "tenant", S_STR },
-    { "channel", S_STR }, { "instance", S_STR }, { "dir", S_STR }, { "type", S_STR },
-    { "parts", S_ARRAY },
-    { "conversation", S_MAP }, { "conversation.id", S_STR }, { "conversation.kind", S_STR },
-    { "conversation.thread", S_STR }, { "conversation.name", S_STR },
-    { "sender", S_MAP }, { "sender.id", S_STR }, { "sender.name", S_STR },
-    { "sender.role", S_STR },
-    { "recipient", S_MAP }, { "recipient.id", S_STR }, { "recipient.name", S_STR },
-    { "recipient.role", S_STR },
-    { "ts", S_MAP }, { "ts.channel", S_INT }, { "ts.accepted", S_INT },
-    { "reply_to", S_STR }, { "idem", S_STR }, { "channel_msg_id", S_STR },
-    { "deadline", S_INT },
-    { "trace", S_MAP }, { "trace.traceparent", S_STR }, { "trace.tracestate", S_STR },
-    { "raw", S_MAP }, { "raw.ctype", S_STR }, { "raw.body", S_BIN },
-    { "channel_data", S_MAP },
-    { "status", S_STR }, { "ref", S_STR }, { "ref_seq", S_UINT }, { "code", S_STR },
-    { "detail", S_STR }, { "retriable", S_BOOL }, { "attempts", S_UINT },
-    { NULL, S_ANY },
+static struct schema top_schema[] = {
+    { "v", S_UINT, 0 }, { "id", S_STR, 0 }, { "seq", S_UINT, 0 }, { "tenant", S_STR, 0 },
+    { "channel", S_STR, 0 }, { "instance", S_STR, 0 }, { "dir", S_STR, 0 }, { "type", S_STR, 0 },
+    { "parts", S_ARRAY, 0 },
+    { "conversation", S_MAP, 0 }, { "conversation.id", S_STR, 0 }, { "conversation.kind", S_STR, 0 },
+    { "conversation.thread", S_STR, 0 }, { "conversation.name", S_STR, 0 },
+    { "sender", S_MAP, 0 }, { "sender.id", S_STR, 0 }, { "sender.name", S_STR, 0 },
+    { "sender.role", S_STR, 0 },
+    { "recipient", S_MAP, 0 }, { "recipient.id", S_STR, 0 }, { "recipient.name", S_STR, 0 },
+    { "recipient.role", S_STR, 0 },
+    { "ts", S_MAP, 0 }, { "ts.channel", S_INT, 0 }, { "ts.accepted", S_INT, 0 },
+    { "reply_to", S_STR, 0 }, { "idem", S_STR, 0 }, { "channel_msg_id", S_STR, 0 },
+    { "deadline", S_INT, 0 },
+    { "trace", S_MAP, 0 }, { "trace.traceparent", S_STR, 0 }, { "trace.tracestate", S_STR, 0 },
+    { "raw", S_MAP, 0 }, { "raw.ctype", S_STR, 0 }, { "raw.body", S_BIN, 0 },
+    { "channel_data", S_MAP, 0 },
+    { "status", S_STR, 0 }, { "ref", S_STR, 0 }, { "ref_seq", S_UINT, 0 }, { "code", S_STR, 0 },
+    { "detail", S_STR, 0 }, { "retriable", S_BOOL, 0 }, { "attempts", S_UINT, 0 },
+    { NULL, S_ANY, 0 },
 };
 
-static const struct schema part_schema[] = {
-    { "kind", S_STR }, { "text", S_STR }, { "format", S_STR }, { "url", S_STR },
-    { "media_id", S_STR }, { "mime", S_STR }, { "size", S_UINT }, { "name", S_STR },
-    { "duration_ms", S_UINT }, { "width", S_UINT }, { "height", S_UINT },
-    { "sha256", S_STR }, { "thumb_url", S_STR }, { "thumb_media_id", S_STR },
-    { "expires", S_INT }, { "lat", S_NUM }, { "lon", S_NUM }, { "label", S_STR },
-    { "scale", S_INT }, { "title", S_STR }, { "description", S_STR }, { "key", S_STR },
-    { NULL, S_ANY },
+static struct schema part_schema[] = {
+    { "kind", S_STR, 0 }, { "text", S_STR, 0 }, { "format", S_STR, 0 }, { "url", S_STR, 0 },
+    { "media_id", S_STR, 0 }, { "mime", S_STR, 0 }, { "size", S_UINT, 0 }, { "name", S_STR, 0 },
+    { "duration_ms", S_UINT, 0 }, { "width", S_UINT, 0 }, { "height", S_UINT, 0 },
+    { "sha256", S_STR, 0 }, { "thumb_url", S_STR, 0 }, { "thumb_media_id", S_STR, 0 },
+    { "expires", S_INT, 0 }, { "lat", S_NUM, 0 }, { "lon", S_NUM, 0 }, { "label", S_STR, 0 },
+    { "scale", S_INT, 0 }, { "title", S_STR, 0 }, { "description", S_STR, 0 }, { "key", S_STR, 0 },
+    { NULL, S_ANY, 0 },
 };
+
+/* Key lengths, computed once, so a lookup compares lengths first. */
+static void schema_len_init(void)
+{
+    for (struct schema *s = top_schema; s->key; s++)
+        s->len = strlen(s->key);
+    for (struct schema *s = part_schema; s->key; s++)
+        s->len = strlen(s->key);
+}
 
 static enum st schema_type(int in_part, const char *key, size_t len)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, schema_len_init);
     for (const struct schema *s = in_part ? part_schema : top_schema; s->key; s++)
-        if (strlen(s->key) == len && memcmp(s->key, key, len) == 0)
+        if (s->len == len && memcmp(s->key, key, len) == 0)
             return s->type;
     return S_ANY;
 }
@@ -103,9 +116,17 @@ static int is_ext_name(const char *s, size_t n)
 /* ------------------------------------------------------------------------ */
 /* Encoding */
 
+/* msgpack-c writes an envelope in many pieces of a few bytes: copy them
+ * straight in while there is room (the buffer stays NUL-terminated). */
 static int buf_write(void *data, const char *p, size_t len)
 {
     struct kfg_buf *b = data;
+    if (b->len + len < b->cap) {
+        memcpy(b->p + b->len, p, len);
+        b->len += len;
+        b->p[b->len] = '\0';
+        return 0;
+    }
     kfg_buf_append(b, p, len);
     return b->oom ? -1 : 0;
 }
@@ -234,8 +255,9 @@ static int pack_level(msgpack_packer *pk, struct ent *ents, size_t n, int in_par
     size_t groups = 0;
     for (size_t i = 0; i < n;) {
         size_t k = i + 1;
+        char c0 = ents[i].rest[0];
         for (size_t j = i + 1; j < n; j++) {
-            if (!same_seg(ents[i].rest, ents[j].rest))
+            if (ents[j].rest[0] != c0 || !same_seg(ents[i].rest, ents[j].rest))
                 continue;
             struct ent e = ents[j];
             memmove(&ents[k + 1], &ents[k], (j - k) * sizeof(*ents));
@@ -284,10 +306,18 @@ static int pack_fields(msgpack_packer *pk, const struct kfg_field *syn, size_t n
     size_t k = 0;
     for (size_t i = 0; i < nsyn; i++)
         ents[k++] = (struct ent){ syn[i].key, &syn[i] };
+    /* Only a key that starts like one of syn's can be shadowed by it. */
+    uint64_t first[4] = { 0 };
+    for (size_t i = 0; i < nsyn; i++) {
+        unsigned char c = (unsigned char)syn[i].key[0];
+        first[c >> 6] |= (uint64_t)1 << (c & 63);
+    }
     for (size_t i = 0; i < nf; i++) {
         int shadowed = 0;
-        for (size_t j = 0; j < nsyn && !shadowed; j++)
-            shadowed = strcmp(syn[j].key, fs[i].key) == 0;
+        unsigned char c = (unsigned char)fs[i].key[0];
+        if (first[c >> 6] >> (c & 63) & 1)
+            for (size_t j = 0; j < nsyn && !shadowed; j++)
+                shadowed = strcmp(syn[j].key, fs[i].key) == 0;
         if (!shadowed)
             ents[k++] = (struct ent){ fs[i].key, &fs[i] };
     }

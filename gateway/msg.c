@@ -64,7 +64,7 @@ const char *kfg_msg_canon_key(const char *key)
     if (!key)
         return NULL;
     for (size_t i = 0; i < sizeof(aliases) / sizeof(aliases[0]); i++)
-        if (strcmp(key, aliases[i][0]) == 0)
+        if (key[0] == aliases[i][0][0] && strcmp(key, aliases[i][0]) == 0)
             return aliases[i][1];
     return key;
 }
@@ -173,8 +173,9 @@ static int field_set(struct kfg_field **fs, size_t *n, size_t *cap,
 static const struct kfg_field *field_find(const struct kfg_field *fs, size_t n,
                                           const char *key)
 {
+    /* The first byte rules out almost every field without a call. */
     for (size_t i = 0; i < n; i++)
-        if (strcmp(fs[i].key, key) == 0)
+        if (fs[i].key[0] == key[0] && strcmp(fs[i].key, key) == 0)
             return &fs[i];
     return NULL;
 }
