@@ -293,7 +293,7 @@ static void on_request(void *ctx, struct kfg_request *req)
 static int probe_init(struct kfg_instance *ins, const struct kfg_host *host, void *ctx)
 {
     struct probe *p = ctx;
-    if (host->abi_minor < 1 || !host->emit2 || !host->replay) {
+    if (!KFG_HOST_HAS(host, emit2) || !KFG_HOST_HAS(host, replay)) {
         host->log(ins, NULL, KFG_LOG_ERROR, "needs ABI 1.1");
         return KFG_EINVAL;
     }

@@ -410,6 +410,15 @@ struct kfg_host {
     void *reserved[16];
 };
 
+/* True when the host provides entry `fn` (a struct kfg_host member added
+ * after the minor the plugin may meet): the host's table is long enough to
+ * hold it and it is set. Test before calling anything newer than 1.0:
+ *     if (KFG_HOST_HAS(host, emit2)) host->emit2(...); else host->emit(...);
+ */
+#define KFG_HOST_HAS(h, fn)                                                 \
+    ((h)->struct_size >= offsetof(struct kfg_host, fn) + sizeof((h)->fn) &&  \
+     (h)->fn != NULL)
+
 /* ---------------------------------------------------------------------------
  * The descriptor. Unset callbacks are NULL; the host allocates `ctx_size`
  * zeroed bytes per instance and passes them to every callback as ctx.
