@@ -207,3 +207,22 @@ def test_widget_with_a_visitor_token(make_run):
     assert [ln["text"] for ln in res["lines"]] == ["hello one", "echo: hello one"], res["lines"]
     answers = echo_answers(make_run)
     assert len(answers) == 1 and answers[0]["ok"], answers
+
+
+@pytest.mark.parametrize("make_run", ["tokens"], indirect=True)
+@pytest.mark.parametrize("why,status", [
+    ("forged", "disconnected: the visitor token is invalid"),
+    ("expired", "disconnected: the visitor token has expired"),
+])
+def test_widget_refused_token_stops(make_run, why, status):
+    """A forged (other secret) or expired token: the server closes with
+    4001/4002, the widget shows why, disables the input and does not retry."""
+    if why == "forged":
+        token = mint("not-the-instance-secret", "visitor-8")
+    else:
+        token = mint(TOKEN_SECRET, "visitor-8", ttl=-10)
+    res = drive(make_run, "?token=" + token, mode="refused")
+    assert res["status"] == status
+    assert res["inputDisabled"] is True
+    assert res["state"]["stats"]["connects"] == 1
+    assert res["state"]["stats"]["welcomes"] == 0

@@ -10,7 +10,7 @@
 'use strict';
 const { chromium } = require('playwright-core');
 
-const [url, exe, mode] = process.argv.slice(2);   // mode "short": load, chat once
+const [url, exe, mode] = process.argv.slice(2);   // mode "short": load, chat once; "refused": expect a fatal close
 const STEP_MS = 15000;
 
 async function main() {
@@ -47,6 +47,17 @@ async function main() {
 
     const resp = await page.goto(url);
     steps.push({ step: 'load', status: resp.status(), ctype: resp.headers()['content-type'] });
+    if (mode === 'refused') {
+      // A refusal that no retry can fix: the widget says why and stops.
+      await page.waitForFunction(() => /^disconnected/.test(
+        document.getElementById('kfg-status').textContent), null, { timeout: STEP_MS });
+      await page.waitForTimeout(1500);      // would be several reconnects if it retried
+      console.log(JSON.stringify({ ok: true, steps, errors,
+        status: await page.textContent('#kfg-status'),
+        inputDisabled: await page.isDisabled('#kfg-input'),
+        state: await page.evaluate(() => window.kfgWidget.state()) }));
+      return;
+    }
     await waitWelcomes(1);
 
     await typeAndSend('hello one');
