@@ -7,8 +7,7 @@
 --   WX_PATH        the callback path
 local sigs, encs = {}, {}
 local n, i = 0, 0
-local prefix, head, tail
-local headers = { ["Content-Type"] = "text/xml" }
+local prefix, head, tail, fixed, req_mid
 
 init = function(args)
   local f = assert(io.open(os.getenv("WX_POOL"), "r"))
@@ -29,11 +28,17 @@ init = function(args)
            "&msg_signature="
   head = "<xml><ToUserName><![CDATA[gh_bench]]></ToUserName><Encrypt><![CDATA["
   tail = "]]></Encrypt></xml>"
+  fixed = #head + #tail
+  req_mid = " HTTP/1.1\r\nHost: " .. wrk.host .. ":" .. wrk.port ..
+            "\r\nContent-Type: text/xml\r\nContent-Length: "
 end
 
+-- The raw request built by hand: one concatenation, cheaper than wrk.format
+-- (the load generator has one core too).
 request = function()
   i = i % n + 1
-  return wrk.format("POST", prefix .. sigs[i], headers, head .. encs[i] .. tail)
+  local e = encs[i]
+  return "POST " .. prefix .. sigs[i] .. req_mid .. (#e + fixed) .. "\r\n\r\n" .. head .. e .. tail
 end
 
 -- runs in wrk's main Lua state, where init did not run: the count from the env
