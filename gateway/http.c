@@ -374,6 +374,9 @@ static const char *worker_date(struct worker *w)
     return w->date;
 }
 
+/* A string literal into a buffer, its length counted by the compiler. */
+#define PUTLIT(b, lit) kfg_buf_append((b), (lit), sizeof(lit) - 1)
+
 /* ------------------------------------------------------------------------ */
 /* Connections */
 
@@ -882,8 +885,16 @@ int kfg_req_respond(struct kfg_request *req, int status,
         c->keep_alive = 0;      /* the last answer on this connection */
     if (c->fd >= 0) {
         struct kfg_buf *o = &c->out;
-        kfg_buf_printf(o, "HTTP/1.1 %d %s\r\nServer: kfgate\r\nDate: %s\r\n",
-                       status, kfg_http_reason(status), worker_date(c->w));
+        /* Built by hand: printf was 4% of a REST request's CPU. */
+        char code[3] = { (char)('0' + status / 100), (char)('0' + status / 10 % 10),
+                         (char)('0' + status % 10) };
+        PUTLIT(o, "HTTP/1.1 ");
+        kfg_buf_append(o, code, 3);
+        kfg_buf_putc(o, ' ');
+        kfg_buf_puts(o, kfg_http_reason(status));
+        PUTLIT(o, "\r\nServer: kfgate\r\nDate: ");
+        kfg_buf_puts(o, worker_date(c->w));
+        PUTLIT(o, "\r\n");
         /* 204 and 304 end at their head (RFC 9112 6.3): a body would be
          * read as the next response. 204 has no Content-Length (RFC 9110
          * 8.6); a 304's would describe the selected representation, which
@@ -891,8 +902,16 @@ int kfg_req_respond(struct kfg_request *req, int status,
         int no_content = status == 204 || status == 304;
         if (no_content)
             len = 0;
-        else if (req->h.method != KFG_HTTP_HEAD || len)
-            kfg_buf_printf(o, "Content-Length: %zu\r\n", len);
+        else if (req->h.method != KFG_HTTP_HEAD || len) {
+            char num[24], *e = num + sizeof num, *d = e;
+            size_t v = len;
+            do
+                *--d = (char)('0' + v % 10);
+            while (v /= 10);
+            PUTLIT(o, "Content-Length: ");
+            kfg_buf_append(o, d, (size_t)(e - d));
+            PUTLIT(o, "\r\n");
+        }
         if (!c->keep_alive)
             kfg_buf_puts(o, "Connection: close\r\n");
         else if (req->h.version_minor == 0)
@@ -904,7 +923,10 @@ int kfg_req_respond(struct kfg_request *req, int status,
                 !strcasecmp(n, "content-length") || !strcasecmp(n, "connection") ||
                 !strcasecmp(n, "transfer-encoding"))
                 continue;
-            kfg_buf_printf(o, "%s: %s\r\n", n, v);
+            kfg_buf_puts(o, n);
+            PUTLIT(o, ": ");
+            kfg_buf_puts(o, v);
+            PUTLIT(o, "\r\n");
         }
         kfg_buf_puts(o, "\r\n");
         if (req->h.method != KFG_HTTP_HEAD)
