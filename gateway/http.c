@@ -600,6 +600,12 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct conn *c = arg;
     const struct snapshot *snap = c->w->snap;
+    if (c->state == C_HANDLER) {
+        /* A pipelined request or a close while a handler works: leave it
+         * in the socket until the answer is out (conn_process resumes). */
+        conn_reading(c, 0);
+        return;
+    }
     /* Reading never grows the buffer past what the current request may
      * legitimately need; a bigger request was already refused. */
     size_t want = READ_CHUNK;
@@ -817,8 +823,10 @@ static void conn_process(struct conn *c)
                 return;
             }
             if (c->state == C_HANDLER) {
-                /* answered later: keep the request's bytes where they are */
-                conn_reading(c, 0);
+                /* Answered later: keep the request's bytes where they are.
+                 * Reading stops only if the client sends more meanwhile
+                 * (conn_on_read), which saves two epoll_ctl calls per
+                 * request for clients that wait for their answer. */
                 return;
             }
             c->req_off = next_off;
