@@ -36,12 +36,24 @@ const char *wx_err_name(int code)
 static const EVP_MD *md_sha1;
 static const EVP_CIPHER *cipher_aes;
 static pthread_once_t algs_once = PTHREAD_ONCE_INIT;
+#if OPENSSL_VERSION_MAJOR >= 3
+static EVP_MD *md_fetched;
+static EVP_CIPHER *cipher_fetched;
+
+/* The fetched algorithms are reference-counted objects: give them back when
+ * the gateway unloads this plugin (a reload must not leak them). */
+__attribute__((destructor)) static void algs_release(void)
+{
+    EVP_MD_free(md_fetched);
+    EVP_CIPHER_free(cipher_fetched);
+}
+#endif
 
 static void algs_fetch(void)
 {
 #if OPENSSL_VERSION_MAJOR >= 3
-    md_sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
-    cipher_aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+    md_sha1 = md_fetched = EVP_MD_fetch(NULL, "SHA1", NULL);
+    cipher_aes = cipher_fetched = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
 #endif
     if (!md_sha1)
         md_sha1 = EVP_sha1();
