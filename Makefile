@@ -135,7 +135,8 @@ test-conformance: all
 # between loops and the journal's writer show up here, not in unit tests.
 # Any sanitizer report in a daemon's log fails the test that ran it.
 ASAN_SUITES := conformance/test_bus.py conformance/test_abi11.py \
-               conformance/test_http_bad_requests.py conformance/test_reload.py
+               conformance/test_http_bad_requests.py conformance/test_reload.py \
+               conformance/test_wechat.py
 test-conformance-asan: all $(BUILD)/kfgate-asan
 	KFGATE_BIN=$(CURDIR)/$(BUILD)/kfgate-asan \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
