@@ -25,6 +25,7 @@
 #define KFGATE_MQTT_H
 
 #include <jansson.h>
+#include <kfgate/envelope.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -126,15 +127,6 @@ int mqt_key_mappable(const char *key);
  */
 enum mqt_format { MQT_JSON, MQT_MSGPACK, MQT_RAW };
 
-/* What mapping writes into; the plugin implements it over host->msg_*. */
-struct mqt_sink {
-    void *arg;
-    int (*begin)(void *arg, const char *type);       /* "message" / "event" */
-    int (*set)(void *arg, const char *key, const char *val, size_t len);
-    int (*set_int)(void *arg, const char *key, int64_t v);
-    int (*part_add)(void *arg, const char *kind);    /* index >= 0 or < 0 */
-    int (*part_set)(void *arg, int part, const char *key, const char *val, size_t len);
-};
 
 #define MQT_FIELDS_MAX 16
 
@@ -195,12 +187,12 @@ json_t *mqt_msgpack_to_json(const void *buf, size_t len, struct mqt_problem *p);
 int mqt_map_message(const struct mqt_map *map, const struct mqt_filter *f,
                     const struct mqt_caps *caps, const char *topic, size_t topic_len,
                     const void *payload, size_t len, const void *corr, size_t corr_len,
-                    const struct mqt_sink *s, struct mqt_problem *p);
+                    const struct kfg_msg_sink *s, struct mqt_problem *p);
 
 /* Identities only (for the bad-payload event): conversation.id and
  * sender.id from the topic alone. 0 or -1. */
 int mqt_map_identity(const struct mqt_map *map, const struct mqt_filter *f,
-                     const struct mqt_caps *caps, const struct mqt_sink *s,
+                     const struct mqt_caps *caps, const struct kfg_msg_sink *s,
                      struct mqt_problem *p);
 
 /* RFC 6901 over a jansson tree; NULL when absent or malformed. */

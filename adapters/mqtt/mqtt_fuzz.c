@@ -142,7 +142,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     mqt_map_add_field(&m, "sender.name=/name", w2, sizeof w2);
     mqt_map_add_field(&m, "ts.channel=/t2", w2, sizeof w2);
     mqt_map_add_field(&m, "channel_data.a=/a/0", w2, sizeof w2);
-    struct mqt_sink sink = { NULL, f_begin, f_set, f_set_int, f_part_add, f_part_set };
+    struct kfg_msg_sink sink = { NULL, f_begin, f_set, f_set_int, f_part_add, f_part_set };
     struct mqt_problem p;
     n_begin = 0;
     nparts = 0;

@@ -785,7 +785,7 @@ int mqt_map_add_field(struct mqt_map *map, const char *spec, char *why, size_t c
 
 struct mctx {
     const struct mqt_map *map;
-    const struct mqt_sink *s;
+    const struct kfg_msg_sink *s;
     struct mqt_problem *p;
     size_t value_budget;        /* bytes left for event value members */
     size_t value_keys;
@@ -1057,7 +1057,7 @@ static int set_idem(struct mctx *c, const char *conv, size_t cl, const char *v, 
 }
 
 int mqt_map_identity(const struct mqt_map *map, const struct mqt_filter *f,
-                     const struct mqt_caps *caps, const struct mqt_sink *s,
+                     const struct mqt_caps *caps, const struct kfg_msg_sink *s,
                      struct mqt_problem *p)
 {
     struct mctx c = { map, s, p, map->max_text, 0 };
@@ -1068,7 +1068,7 @@ int mqt_map_identity(const struct mqt_map *map, const struct mqt_filter *f,
 int mqt_map_message(const struct mqt_map *map, const struct mqt_filter *f,
                     const struct mqt_caps *caps, const char *topic, size_t topic_len,
                     const void *payload, size_t len, const void *corr, size_t corr_len,
-                    const struct mqt_sink *s, struct mqt_problem *p)
+                    const struct kfg_msg_sink *s, struct mqt_problem *p)
 {
     struct mctx c = { map, s, p, map->max_text, 0 };
     p->err = MQT_E_NONE;

@@ -87,9 +87,9 @@ static const char *get(const struct rec *r, const char *key)
     return NULL;
 }
 
-static struct mqt_sink sink_of(struct rec *r)
+static struct kfg_msg_sink sink_of(struct rec *r)
 {
-    struct mqt_sink s = { r, r_begin, r_set, r_set_int, r_part_add, r_part_set };
+    struct kfg_msg_sink s = { r, r_begin, r_set, r_set_int, r_part_add, r_part_set };
     return s;
 }
 
@@ -112,7 +112,7 @@ static int run(const struct mqt_map *m, const char *filter, const char *topic,
     assert_int_equal(mqt_filter_parse(filter, &f, why, sizeof why), 0);
     struct mqt_caps caps;
     assert_int_equal(mqt_filter_match(&f, topic, strlen(topic), &caps), 1);
-    struct mqt_sink s = sink_of(r);
+    struct kfg_msg_sink s = sink_of(r);
     return mqt_map_message(m, &f, &caps, topic, strlen(topic), payload, len, NULL, 0, &s, p);
 }
 
@@ -464,7 +464,7 @@ static void test_correlation_idem(void **st)
     struct mqt_caps c;
     assert_int_equal(mqt_filter_match(&f, "d/x", 3, &c), 1);
     struct rec r = { 0 };
-    struct mqt_sink s = sink_of(&r);
+    struct kfg_msg_sink s = sink_of(&r);
     struct mqt_problem p;
     assert_int_equal(mqt_map_message(&m, &f, &c, "d/x", 3, "{}", 2, "abc-1", 5, &s, &p), 0);
     assert_string_equal(get(&r, "idem"), "x:abc-1");

@@ -507,44 +507,6 @@ static int mq_deliver(void *ctx, const struct kfg_msg *m, struct kfg_delivery *d
 /* ---------------------------------------------------------------------------
  * Inbound.
  */
-struct msink {
-    struct mq *q;
-    struct kfg_msg *m;
-};
-
-static int s_begin(void *arg, const char *type)
-{
-    struct msink *s = arg;
-    if (s->m)
-        return KFG_EINVAL;
-    s->m = s->q->host->msg_new(s->q->ins, type);
-    return s->m ? KFG_OK : KFG_ENOMEM;
-}
-
-static int s_set(void *arg, const char *key, const char *val, size_t len)
-{
-    struct msink *s = arg;
-    return s->q->host->msg_set(s->m, key, val, len);
-}
-
-static int s_set_int(void *arg, const char *key, int64_t v)
-{
-    struct msink *s = arg;
-    return s->q->host->msg_set_int(s->m, key, v);
-}
-
-static int s_part_add(void *arg, const char *kind)
-{
-    struct msink *s = arg;
-    return s->q->host->msg_part_add(s->m, kind);
-}
-
-static int s_part_set(void *arg, int part, const char *key, const char *val, size_t len)
-{
-    struct msink *s = arg;
-    return s->q->host->msg_part_set(s->m, (size_t)part, key, val, len);
-}
-
 static int holding(const struct mq *q)
 {
     return q->pending_qos > 0 || q->retry_head != NULL;
@@ -750,10 +712,10 @@ static void bad_payload(struct mq *q, const struct mqt_filter *f, const struct m
     log_bad(q, msg->topic, p);
     if (!q->bad_event)
         return;
-    struct msink ms = { q, NULL };
-    struct mqt_sink sink = { &ms, s_begin, s_set, s_set_int, s_part_add, s_part_set };
+    struct kfg_host_sink ms = { h, q->ins, NULL };
+    struct kfg_msg_sink sink = kfg_host_sink(&ms);
     struct mqt_problem p2;
-    if (s_begin(&ms, KFG_ENV_TYPE_EVENT) != KFG_OK)
+    if (kfg_host_sink_begin(&ms, KFG_ENV_TYPE_EVENT) != KFG_OK)
         return;
     int rc = mqt_map_identity(&q->map, f, caps, &sink, &p2);
     int part = rc == 0 ? h->msg_part_add(ms.m, KFG_ENV_KIND_EVENT) : -1;
@@ -805,8 +767,8 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
     if (props && q->map.idem_correlation)
         mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len,
                                        false);
-    struct msink ms = { q, NULL };
-    struct mqt_sink sink = { &ms, s_begin, s_set, s_set_int, s_part_add, s_part_set };
+    struct kfg_host_sink ms = { h, q->ins, NULL };
+    struct kfg_msg_sink sink = kfg_host_sink(&ms);
     struct mqt_problem p;
     int rc = mqt_map_message(&q->map, f, &caps, msg->topic, tl, msg->payload,
                              (size_t)msg->payloadlen, corr, corr_len, &sink, &p);

@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <kfgate/envelope.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -106,17 +107,6 @@ int rest_ip_is_private(const char *host);
  * Ingest bodies.
  */
 
-/* What mapping writes into; the plugin implements it over host->msg_*. */
-struct rest_sink {
-    void *arg;
-    /* A new message of `type` ("message" / "event"); returns 0 or < 0. */
-    int (*begin)(void *arg, const char *type);
-    int (*set)(void *arg, const char *key, const char *val, size_t len);
-    int (*set_int)(void *arg, const char *key, int64_t v);
-    /* Appends a part; returns its index (>= 0) or < 0. */
-    int (*part_add)(void *arg, const char *kind);
-    int (*part_set)(void *arg, int part, const char *key, const char *val, size_t len);
-};
 
 #define REST_MAP_FIELDS_MAX 32
 
@@ -161,7 +151,7 @@ json_t *rest_parse_body(const char *body, size_t len, const struct rest_map *map
  * JSON pointer of obj in the body ("" or "/messages/3"). Returns 0 or fills
  * p (400 naming the field, or 500 when the sink failed) and returns -1. */
 int rest_map_message(json_t *obj, const char *base, const struct rest_map *map,
-                     const struct rest_limits *lim, const struct rest_sink *s,
+                     const struct rest_limits *lim, const struct kfg_msg_sink *s,
                      struct rest_problem *p);
 
 /* "envelope.key=/pointer" from config into map->fields; 0 or -1 + why. */

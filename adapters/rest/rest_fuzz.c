@@ -184,7 +184,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ok = 1;
     for (size_t i = 0; i < n; i++) {
         int parts = 0;
-        struct rest_sink s = { &parts, f_begin, f_set, f_set_int, f_part_add, f_part_set };
+        struct kfg_msg_sink s = { &parts, f_begin, f_set, f_set_int, f_part_add, f_part_set };
         char base[32] = "";
         if (batch)
             snprintf(base, sizeof base, "/messages/%zu", i);

@@ -244,7 +244,7 @@ static int is_http_url(const char *s)
      -1)
 
 struct ctx {
-    const struct rest_sink *s;
+    const struct kfg_msg_sink *s;
     const struct rest_limits *lim;
     struct rest_problem *p;
 };
@@ -814,7 +814,7 @@ static int map_foreign(struct ctx *c, json_t *obj, const struct rest_map *map)
 }
 
 int rest_map_message(json_t *obj, const char *base, const struct rest_map *map,
-                     const struct rest_limits *lim, const struct rest_sink *s,
+                     const struct rest_limits *lim, const struct kfg_msg_sink *s,
                      struct rest_problem *p)
 {
     struct ctx c = { s, lim, p };

@@ -73,7 +73,7 @@ static int run(const char *body, const struct rest_map *map, struct rec *r,
     json_t *root = rest_parse_body(body, strlen(body), map, &lim, &items, &n, &batch, p);
     if (!root)
         return p->status;
-    struct rest_sink s = { r, r_begin, r_set, r_set_int, r_part_add, r_part_set };
+    struct kfg_msg_sink s = { r, r_begin, r_set, r_set_int, r_part_add, r_part_set };
     int st = 0;
     for (size_t i = 0; i < n && !st; i++) {
         char base[32] = "";
@@ -228,7 +228,7 @@ static void test_sink_failure_is_reported(void **st)
     memset(&r, 0, sizeof r);
     r.fail_on_part = 1;
     json_t *j = json_loads("{\"conversation\":\"c\",\"sender\":\"u\",\"text\":\"a\"}", 0, NULL);
-    struct rest_sink s = { &r, r_begin, r_set, r_set_int, r_part_add, r_part_set };
+    struct kfg_msg_sink s = { &r, r_begin, r_set, r_set_int, r_part_add, r_part_set };
     assert_int_equal(rest_map_message(j, "", NULL, &lim, &s, &p), -1);
     assert_int_equal(p.status, 400);
     assert_string_equal(p.pointer, "/text");

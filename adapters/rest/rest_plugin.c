@@ -325,44 +325,8 @@ static int traceparent_ok(struct kfg_str v)
 }
 
 /* ---------------------------------------------------------------------------
- * Ingest: the sink over host->msg_*.
+ * Ingest: a kfg_host_sink per item, emit and its completion.
  */
-struct msink {
-    struct rest *r;
-    struct kfg_msg *m;
-};
-
-static int s_begin(void *arg, const char *type)
-{
-    struct msink *s = arg;
-    s->m = s->r->host->msg_new(s->r->ins, type);
-    return s->m ? 0 : KFG_ENOMEM;
-}
-
-static int s_set(void *arg, const char *key, const char *val, size_t len)
-{
-    struct msink *s = arg;
-    return s->r->host->msg_set(s->m, key, val, len);
-}
-
-static int s_set_int(void *arg, const char *key, int64_t v)
-{
-    struct msink *s = arg;
-    return s->r->host->msg_set_int(s->m, key, v);
-}
-
-static int s_part_add(void *arg, const char *kind)
-{
-    struct msink *s = arg;
-    return s->r->host->msg_part_add(s->m, kind);
-}
-
-static int s_part_set(void *arg, int part, const char *key, const char *val, size_t len)
-{
-    struct msink *s = arg;
-    return s->r->host->msg_part_set(s->m, (size_t)part, key, val, len);
-}
-
 /* One POST between its emits and their completions (one worker). */
 struct call;
 
@@ -627,11 +591,10 @@ static void post_messages(struct rest *r, struct kfg_request *req, struct timesp
     struct kfg_str tp = h->req_header(req, "traceparent");
     struct kfg_str tstate = h->req_header(req, "tracestate");
     int64_t now = wall_ms();
-    struct rest_sink sink = { NULL, s_begin, s_set, s_set_int, s_part_add, s_part_set };
     int bad = 0;
     for (size_t i = 0; i < n && !bad; i++) {
-        struct msink ms = { r, NULL };
-        sink.arg = &ms;
+        struct kfg_host_sink ms = { h, r->ins, NULL };
+        struct kfg_msg_sink sink = kfg_host_sink(&ms);
         char base[32] = "";
         if (batch)
             snprintf(base, sizeof base, "/messages/%zu", i);

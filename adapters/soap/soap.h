@@ -32,6 +32,7 @@
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
 #include <pthread.h>
+#include <kfgate/envelope.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -228,16 +229,6 @@ enum soap_op {
 /* Local name of the operation's request element ("PushMessage"). */
 const char *soap_op_name(int op);
 
-/* What the operations write into; the plugin implements it over host->msg_*
- * (mirrors the REST adapter's sink). */
-struct soap_sink {
-    void *arg;
-    int (*begin)(void *arg, const char *type);
-    int (*set)(void *arg, const char *key, const char *val, size_t len);
-    int (*set_int)(void *arg, const char *key, int64_t v);
-    int (*part_add)(void *arg, const char *kind);
-    int (*part_set)(void *arg, int part, const char *key, const char *val, size_t len);
-};
 
 #define SOAP_MAP_FIELDS_MAX 32
 #define SOAP_MAP_NS_MAX 16
@@ -339,7 +330,7 @@ struct soap_cfg {
  * into the sink. Returns with out->fault set on any refusal (the sink's
  * message, if begun, is the caller's to free). */
 void soap_process(const struct soap_cfg *c, const struct soap_in *in,
-                  const struct soap_sink *s, struct soap_out *out);
+                  const struct kfg_msg_sink *s, struct soap_out *out);
 
 /* ---------------------------------------------------------------------------
  * Status table: bounded, locked, oldest record evicted first. A record is

@@ -82,7 +82,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         in.authz.ptr = NULL;
     struct ts t;
     memset(&t, 0, sizeof t);
-    struct soap_sink s = ts_sink(&t);
+    struct kfg_msg_sink s = ts_sink(&t);
     struct soap_out out;
     soap_process(&cfg, &in, &s, &out);
     if (out.fault.http) {

@@ -42,7 +42,7 @@ int main(int argc, char **argv)
     cfg.native = 1;
     cfg.pool = soap_pool_new();
     size_t bytes = 0;
-    struct soap_sink s = { &bytes, nop_begin, nop_set, nop_set_int, nop_part_add, nop_part_set };
+    struct kfg_msg_sink s = { &bytes, nop_begin, nop_set, nop_set_int, nop_part_add, nop_part_set };
     struct soap_in in = { body, sizeof body - 1, { "text/xml; charset=utf-8", 23 },
                           { "\"urn:kfgate:soap:1/PushMessage\"", 31 }, { NULL, 0 }, 0,
                           "01a237b2-e280-7000-8000-000000000001" };

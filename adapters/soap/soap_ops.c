@@ -20,7 +20,7 @@ const char *soap_op_name(int op)
     return op >= 0 && op <= SOAP_OP_MAPPED ? op_names[op] : "";
 }
 
-static int set_s(const struct soap_sink *s, const char *key, struct kfg_str v)
+static int set_s(const struct kfg_msg_sink *s, const char *key, struct kfg_str v)
 {
     return s->set(s->arg, key, v.ptr, v.len);
 }
@@ -135,7 +135,7 @@ static int opt(struct kfg_str v, const char *op, const char *name, size_t max,
         }                                                                               \
     } while (0)
 
-static int set_opt(const struct soap_sink *s, const char *key, struct kfg_str v)
+static int set_opt(const struct kfg_msg_sink *s, const char *key, struct kfg_str v)
 {
     return v.ptr ? set_s(s, key, soap_trim(v)) : KFG_OK;
 }
@@ -175,7 +175,7 @@ static const char *const part_keys[] = {
 };
 
 static int build_part(struct soap_doc *d, xmlNodePtr pn, size_t idx, const char *op,
-                      const struct soap_limits *lim, const struct soap_sink *s,
+                      const struct soap_limits *lim, const struct kfg_msg_sink *s,
                       struct soap_fault *fa)
 {
     struct fields f;
@@ -257,7 +257,7 @@ static int build_part(struct soap_doc *d, xmlNodePtr pn, size_t idx, const char 
 
 /* <data><key>k</key><value>v</value></data> -> channel_data.k */
 static int build_data(struct soap_doc *d, struct fields *f, const char *op,
-                      const struct soap_sink *s, struct soap_fault *fa)
+                      const struct kfg_msg_sink *s, struct soap_fault *fa)
 {
     for (size_t i = 0; i < f->ndata; i++) {
         xmlNodePtr kn = soap_child(f->data[i], SOAP_KFG_NS, "key");
@@ -289,7 +289,7 @@ static int build_data(struct soap_doc *d, struct fields *f, const char *op,
     return 0;
 }
 
-static int set_time(const struct soap_sink *s, struct kfg_str v, const char *op,
+static int set_time(const struct kfg_msg_sink *s, struct kfg_str v, const char *op,
                     struct soap_fault *fa)
 {
     if (!v.ptr)
@@ -305,7 +305,7 @@ static int set_time(const struct soap_sink *s, struct kfg_str v, const char *op,
     return 0;
 }
 
-static int sender(const struct soap_sink *s, struct kfg_str id, const struct soap_user *p,
+static int sender(const struct kfg_msg_sink *s, struct kfg_str id, const struct soap_user *p,
                   const char *op, struct soap_fault *fa)
 {
     if (id.ptr && soap_trim(id).len) {
@@ -330,7 +330,7 @@ static const char *const msg_names[] = {
 };
 
 static int push_message(struct soap_doc *d, const struct soap_cfg *c, const struct soap_out *o,
-                        const struct soap_sink *s, struct soap_fault *fa)
+                        const struct kfg_msg_sink *s, struct soap_fault *fa)
 {
     const char *op = "PushMessage";
     struct fields f;
@@ -396,7 +396,7 @@ static const char *const event_names[] = {
 };
 
 static int push_event(struct soap_doc *d, const struct soap_cfg *c, const struct soap_out *o,
-                      const struct soap_sink *s, struct soap_fault *fa)
+                      const struct kfg_msg_sink *s, struct soap_fault *fa)
 {
     const char *op = "PushEvent";
     struct fields f;
@@ -756,7 +756,7 @@ void soap_template(struct soap_buf *b, const char *tpl, const struct soap_vals *
 }
 
 static int mapped(struct soap_doc *d, const struct soap_cfg *c, struct soap_out *o,
-                  const struct soap_sink *s, struct soap_fault *fa)
+                  const struct kfg_msg_sink *s, struct soap_fault *fa)
 {
     const struct soap_map *m = c->map;
     struct xset *set = xset_take(m);
@@ -892,7 +892,7 @@ static int idem_escape(struct kfg_str v, char *out, size_t cap, size_t *len)
 }
 
 void soap_process(const struct soap_cfg *c, const struct soap_in *in,
-                  const struct soap_sink *s, struct soap_out *o)
+                  const struct kfg_msg_sink *s, struct soap_out *o)
 {
     memset(o, 0, sizeof *o);
     struct soap_fault *f = &o->fault;

@@ -68,7 +68,7 @@ static void run(const char *ctype, const char *action, const char *body)
                           1796230800000LL, "01a237b2-e280-7000-8000-000000000001" };
     if (!action)
         in.soapaction.ptr = NULL;
-    struct soap_sink s = ts_sink(&sink);
+    struct kfg_msg_sink s = ts_sink(&sink);
     soap_process(&cfg, &in, &s, &out);
 }
 
@@ -319,7 +319,7 @@ static void sink_failure_is_server_fault(void **st)
                                     "</k:senderId><k:text>x</k:text>"));
         struct soap_in in = { body, strlen(body), { "text/xml", 8 }, { NULL, 0 }, { NULL, 0 },
                               0, "01a237b2-e280-7000-8000-000000000001" };
-        struct soap_sink s = ts_sink(&sink);
+        struct kfg_msg_sink s = ts_sink(&sink);
         soap_process(&cfg, &in, &s, &out);
         if (k <= 8)
             expect(500, SOAP_FC_SERVER, "Internal");

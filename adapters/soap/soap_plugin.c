@@ -351,44 +351,8 @@ static void serve_wsdl(struct soap *s, struct kfg_request *req, struct timespec 
 }
 
 /* ---------------------------------------------------------------------------
- * Pushes: the sink over host->msg_*, emit and its completion.
+ * Pushes: a kfg_host_sink, emit and its completion.
  */
-struct msink {
-    struct soap *s;
-    struct kfg_msg *m;
-};
-
-static int s_begin(void *arg, const char *type)
-{
-    struct msink *k = arg;
-    k->m = k->s->host->msg_new(k->s->ins, type);
-    return k->m ? 0 : KFG_ENOMEM;
-}
-
-static int s_set(void *arg, const char *key, const char *val, size_t len)
-{
-    struct msink *k = arg;
-    return k->s->host->msg_set(k->m, key, val, len);
-}
-
-static int s_set_int(void *arg, const char *key, int64_t v)
-{
-    struct msink *k = arg;
-    return k->s->host->msg_set_int(k->m, key, v);
-}
-
-static int s_part_add(void *arg, const char *kind)
-{
-    struct msink *k = arg;
-    return k->s->host->msg_part_add(k->m, kind);
-}
-
-static int s_part_set(void *arg, int part, const char *key, const char *val, size_t len)
-{
-    struct msink *k = arg;
-    return k->s->host->msg_part_set(k->m, (size_t)part, key, val, len);
-}
-
 /* One push between emit and its completion (one worker). */
 struct push {
     struct soap *s;
@@ -584,8 +548,8 @@ static void post_soap(struct soap *s, struct kfg_request *req, struct timespec t
         .soapaction = h->req_header(req, "SOAPAction"),
         .authz = h->req_header(req, "Authorization"), .now_ms = now, .msg_id = p->msg_id,
     };
-    struct msink ms = { s, NULL };
-    struct soap_sink sink = { &ms, s_begin, s_set, s_set_int, s_part_add, s_part_set };
+    struct kfg_host_sink ms = { h, s->ins, NULL };
+    struct kfg_msg_sink sink = kfg_host_sink(&ms);
     struct soap_out o;
     soap_process(&s->cfg, &in, &sink, &o);
     if (!o.fault.http && o.built) {

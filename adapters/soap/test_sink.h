@@ -1,5 +1,5 @@
 /*
- * A recording struct soap_sink for the unit tests and the fuzz harness:
+ * A recording struct kfg_msg_sink for the unit tests and the fuzz harness:
  * fields and parts in memory, with lookups. Header-only; include once.
  */
 #ifndef SOAP_TEST_SINK_H
@@ -128,9 +128,9 @@ static __attribute__((unused)) int ts_has(const struct ts *t, int part, const ch
     return 0;
 }
 
-static __attribute__((unused)) struct soap_sink ts_sink(struct ts *t)
+static __attribute__((unused)) struct kfg_msg_sink ts_sink(struct ts *t)
 {
-    struct soap_sink s = { t, ts_begin, ts_set, ts_set_int, ts_part_add, ts_part_set };
+    struct kfg_msg_sink s = { t, ts_begin, ts_set, ts_set_int, ts_part_add, ts_part_set };
     return s;
 }
 

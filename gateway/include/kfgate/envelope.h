@@ -155,6 +155,71 @@ extern "C" {
 
 /* --- builders ----------------------------------------------------------- */
 
+/* A message builder behind function pointers, so an adapter's mapping
+ * code (JSON, XPath, topic captures) can be unit-tested with a fake and run
+ * in the gateway with kfg_host_sink below. begin starts the one message;
+ * part_add returns the part's index (>= 0); everything returns 0 or an
+ * error. Values are copied, as by the msg_* calls. */
+struct kfg_msg_sink {
+    void *arg;
+    int (*begin)(void *arg, const char *type);
+    int (*set)(void *arg, const char *key, const char *val, size_t len);
+    int (*set_int)(void *arg, const char *key, int64_t v);
+    int (*part_add)(void *arg, const char *kind);
+    int (*part_set)(void *arg, int part, const char *key, const char *val, size_t len);
+};
+
+/* The sink that builds a host message for an instance. Set host and ins,
+ * m NULL; after a successful begin, m is the plugin's message (emit or
+ * msg_free it). One message per kfg_host_sink. */
+struct kfg_host_sink {
+    const struct kfg_host *host;
+    struct kfg_instance *ins;
+    struct kfg_msg *m;
+};
+
+static inline int kfg_host_sink_begin(void *arg, const char *type)
+{
+    struct kfg_host_sink *s = (struct kfg_host_sink *)arg;
+    if (s->m)
+        return KFG_EINVAL;
+    s->m = s->host->msg_new(s->ins, type);
+    return s->m ? KFG_OK : KFG_ENOMEM;
+}
+
+static inline int kfg_host_sink_set(void *arg, const char *key, const char *val, size_t len)
+{
+    struct kfg_host_sink *s = (struct kfg_host_sink *)arg;
+    return s->host->msg_set(s->m, key, val, len);
+}
+
+static inline int kfg_host_sink_set_int(void *arg, const char *key, int64_t v)
+{
+    struct kfg_host_sink *s = (struct kfg_host_sink *)arg;
+    return s->host->msg_set_int(s->m, key, v);
+}
+
+static inline int kfg_host_sink_part_add(void *arg, const char *kind)
+{
+    struct kfg_host_sink *s = (struct kfg_host_sink *)arg;
+    return s->host->msg_part_add(s->m, kind);
+}
+
+static inline int kfg_host_sink_part_set(void *arg, int part, const char *key,
+                                         const char *val, size_t len)
+{
+    struct kfg_host_sink *s = (struct kfg_host_sink *)arg;
+    return s->host->msg_part_set(s->m, (size_t)part, key, val, len);
+}
+
+static inline struct kfg_msg_sink kfg_host_sink(struct kfg_host_sink *s)
+{
+    struct kfg_msg_sink k = { s, kfg_host_sink_begin, kfg_host_sink_set,
+                              kfg_host_sink_set_int, kfg_host_sink_part_add,
+                              kfg_host_sink_part_set };
+    return k;
+}
+
 /* msg_set of a NUL-terminated string; NULL sets nothing and returns OK. */
 static inline int kfg_env_setz(const struct kfg_host *h, struct kfg_msg *m,
                                const char *key, const char *s)
