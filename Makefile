@@ -8,6 +8,8 @@
 
 VERSION := 0.1.0
 BUILD   := build
+# NNG 1.5.2 leaks in-flight messages at pipe close (see the file).
+LSAN_OPTIONS := suppressions=$(CURDIR)/gateway/lsan.supp:print_suppressions=0
 CC      ?= gcc
 PYTHON  := /usr/bin/python3
 
@@ -112,7 +114,8 @@ test: deps
 
 test-unit: $(TEST_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; \
-	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 $$t; done
+	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    LSAN_OPTIONS=$(LSAN_OPTIONS) $$t; done
 
 test-plugins:
 	@for d in $(PLUGIN_DIRS); do \
@@ -140,12 +143,14 @@ ASAN_SUITES := conformance/test_bus.py conformance/test_abi11.py \
 test-conformance-asan: all $(BUILD)/kfgate-asan
 	KFGATE_BIN=$(CURDIR)/$(BUILD)/kfgate-asan \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	LSAN_OPTIONS=$(LSAN_OPTIONS) \
 	    $(PYTHON) -m pytest -q $(ASAN_SUITES)
 	$(MAKE) --no-print-directory -C adapters/websocket asan OUT=$(CURDIR)/$(BUILD)/plugins \
 	    KFGATE_INCLUDE=$(CURDIR)/gateway/include
 	KFGATE_BIN=$(CURDIR)/$(BUILD)/kfgate-asan \
 	KFG_WS_SO=$(CURDIR)/$(BUILD)/plugins/asan/websocket-adapter.so \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	LSAN_OPTIONS=$(LSAN_OPTIONS) \
 	    $(PYTHON) -m pytest -q conformance/test_websocket.py
 
 # A short bounded run of every harness on its seed corpus: catches regressions
