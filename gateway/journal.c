@@ -266,7 +266,7 @@ struct seg {
     int fd;
     int refs;                /* readers holding it (under smu) */
     int dead;                /* removed by retention */
-    int dirty;               /* writer: written since its last fdatasync */
+    _Atomic int dirty;       /* written since its last fdatasync started */
     char *path;
 };
 
@@ -334,10 +334,19 @@ struct kfg_journal {
 
     _Atomic uint64_t n_batches, n_batch_records, n_batch_max, n_fsyncs, n_written,
         n_deleted;
-    int64_t last_fsync_mono;
-    int unsynced;            /* writer: data written since the last fsync */
+    _Atomic int unsynced;    /* data written since the last fsync started */
     int started;
     pthread_t thr;
+
+    /* KFG_FSYNC_INTERVAL: the fsyncs run on their own thread, so a slow
+     * disk flush never holds up a commit (which is only a write()). */
+    pthread_mutex_t ymu;
+    pthread_cond_t ycv;
+    int ystop, ystarted;
+    int64_t last_fsync_mono; /* syncer thread */
+    pthread_t ythr;
+    void (*before_sync)(void *);
+    void *before_sync_arg;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -803,8 +812,11 @@ static int list_segments(const char *dir, uint64_t **out, size_t *n)
     return 0;
 }
 
+static void syncer_stop(struct kfg_journal *j);
+
 static void journal_free(struct kfg_journal *j)
 {
+    syncer_stop(j);
     for (size_t i = 0; i < j->nsegs; i++)
         seg_free(j->segs[i]);
     free(j->segs);
@@ -820,7 +832,9 @@ static void journal_free(struct kfg_journal *j)
         close(j->lockfd);
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->smu);
+    pthread_mutex_destroy(&j->ymu);
     pthread_cond_destroy(&j->cv);
+    pthread_cond_destroy(&j->ycv);
     free(j->dir);
     free(j);
 }
@@ -925,6 +939,7 @@ static int open_segment(struct kfg_journal *j, uint64_t first, int last, int tru
 }
 
 static void *writer_main(void *arg);
+static void *syncer_main(void *arg);
 
 int kfg_journal_open(const struct kfg_journal_opts *o, struct kfg_journal **out, char *err,
                      size_t errcap)
@@ -962,7 +977,11 @@ int kfg_journal_open(const struct kfg_journal_opts *o, struct kfg_journal **out,
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&j->cv, &ca);
+    pthread_mutex_init(&j->ymu, NULL);
+    pthread_cond_init(&j->ycv, &ca);
     pthread_condattr_destroy(&ca);
+    j->before_sync = o->test_before_sync;
+    j->before_sync_arg = o->test_before_sync_arg;
     j->seg_bytes = segb;
     j->policy = o->fsync;
     j->interval_ms = o->interval_ms ? o->interval_ms : 10;
@@ -1039,6 +1058,13 @@ int kfg_journal_open(const struct kfg_journal_opts *o, struct kfg_journal **out,
     atomic_store(&j->committed, j->next_seq - 1);
     atomic_store(&j->last_assigned, j->next_seq - 1);
     retention(j);
+    if (j->policy == KFG_FSYNC_INTERVAL) {
+        if (pthread_create(&j->ythr, NULL, syncer_main, j) != 0) {
+            snprintf(err, errcap, "journal: cannot start the fsync thread");
+            goto fail;
+        }
+        j->ystarted = 1;
+    }
     if (pthread_create(&j->thr, NULL, writer_main, j) != 0) {
         snprintf(err, errcap, "journal: cannot start the writer thread");
         goto fail;
@@ -1214,16 +1240,18 @@ static void set_failed(struct kfg_journal *j)
     pthread_mutex_unlock(&j->mu);
 }
 
+/* The caller cleared j->unsynced first where that applies; the segment's
+ * mark is cleared before the flush, so data written meanwhile stays marked
+ * for the next one. */
 static int do_sync(struct kfg_journal *j, struct seg *s)
 {
+    atomic_store(&s->dirty, 0);
     if (fdatasync(s->fd) < 0) {
         kfg_error("journal: fdatasync %s failed: %s; the journal stops accepting appends",
                   s->path, strerror(errno));
         return -1;
     }
     atomic_fetch_add_explicit(&j->n_fsyncs, 1, memory_order_relaxed);
-    j->unsynced = 0;
-    s->dirty = 0;
     return 0;
 }
 
@@ -1237,8 +1265,12 @@ static int flush_chunk(struct kfg_journal *j, struct seg *s, const uint8_t *data
                   s->path, strerror(errno));
         return -1;
     }
-    j->unsynced = 1;
-    s->dirty = 1;
+    atomic_store(&s->dirty, 1);
+    if (!atomic_exchange(&j->unsynced, 1) && j->policy == KFG_FSYNC_INTERVAL) {
+        pthread_mutex_lock(&j->ymu);
+        pthread_cond_signal(&j->ycv);
+        pthread_mutex_unlock(&j->ymu);
+    }
     atomic_fetch_add_explicit(&j->n_written, len, memory_order_relaxed);
     pthread_mutex_lock(&j->smu);
     size_t at = 0;
@@ -1259,18 +1291,71 @@ static int flush_chunk(struct kfg_journal *j, struct seg *s, const uint8_t *data
     return rc;
 }
 
-/* KFG_FSYNC_INTERVAL: the fsync that bounds what a power loss can take.
- * The interval runs from fsync start to fsync start. Writer thread. */
+static void seg_release(struct kfg_journal *j, struct seg *s);
+
+/* KFG_FSYNC_INTERVAL: the fsync that bounds what a power loss can take,
+ * on the syncer thread while the writer goes on writing. The mark is
+ * cleared before the segment is picked: anything written before the clear
+ * is in that segment or in an older one, which the writer synced when it
+ * rolled past it; anything after it sets the mark again. The segment is
+ * held so that retention cannot close it meanwhile. */
 static int interval_sync(struct kfg_journal *j)
 {
-    int64_t t = now_mono_ms();
+    if (!atomic_exchange(&j->unsynced, 0))
+        return 0;
     pthread_mutex_lock(&j->smu);
     struct seg *s = j->nsegs ? j->segs[j->nsegs - 1] : NULL;
+    if (s)
+        s->refs++;
     pthread_mutex_unlock(&j->smu);
-    if (s && do_sync(j, s) < 0)
-        return -1;
-    j->last_fsync_mono = t;
-    return 0;
+    if (!s)
+        return 0;
+    if (j->before_sync)
+        j->before_sync(j->before_sync_arg);
+    int rc = do_sync(j, s);
+    seg_release(j, s);
+    return rc;
+}
+
+/* The interval runs from fsync start to fsync start. */
+static void *syncer_main(void *arg)
+{
+    struct kfg_journal *j = arg;
+    pthread_mutex_lock(&j->ymu);
+    while (!j->ystop) {
+        if (!atomic_load(&j->unsynced)) {
+            pthread_cond_wait(&j->ycv, &j->ymu);
+            continue;
+        }
+        int64_t now = now_mono_ms(), due = j->last_fsync_mono + j->interval_ms;
+        if (now < due) {
+            struct timespec dl = mono_deadline(due);
+            pthread_cond_timedwait(&j->ycv, &j->ymu, &dl);
+            continue;
+        }
+        j->last_fsync_mono = now;
+        pthread_mutex_unlock(&j->ymu);
+        int rc = interval_sync(j);
+        if (rc < 0)
+            set_failed(j);
+        pthread_mutex_lock(&j->ymu);
+        if (rc < 0)
+            break;
+    }
+    pthread_mutex_unlock(&j->ymu);
+    return NULL;
+}
+
+static void syncer_stop(struct kfg_journal *j)
+{
+    if (!j->ystarted)
+        return;
+    pthread_mutex_lock(&j->ymu);
+    j->ystop = 1;
+    pthread_cond_signal(&j->ycv);
+    pthread_mutex_unlock(&j->ymu);
+    pthread_join(j->ythr, NULL);
+    j->ystarted = 0;
 }
 
 /* Writes a batch; returns 0 once it is committed under the policy. */
@@ -1287,6 +1372,7 @@ static int write_batch(struct kfg_journal *j, struct queue *q, uint64_t *last_re
             if (flush_chunk(j, s, p + start, end - start) < 0)
                 return -1;
             start = end;
+            /* Before the new segment exists: see interval_sync. */
             if (j->policy != KFG_FSYNC_NEVER && do_sync(j, s) < 0)
                 return -1;
             char err[512];
@@ -1301,7 +1387,6 @@ static int write_batch(struct kfg_journal *j, struct queue *q, uint64_t *last_re
                 seg_free(ns);
                 return -1;
             }
-            j->unsynced = 0;
             s = ns;
         }
         end += e->len;
@@ -1309,10 +1394,7 @@ static int write_batch(struct kfg_journal *j, struct queue *q, uint64_t *last_re
     }
     if (flush_chunk(j, s, p + start, end - start) < 0)
         return -1;
-    if (j->policy == KFG_FSYNC_ALWAYS && j->unsynced && do_sync(j, s) < 0)
-        return -1;
-    if (j->policy == KFG_FSYNC_INTERVAL && j->unsynced &&
-        now_mono_ms() - j->last_fsync_mono >= j->interval_ms && interval_sync(j) < 0)
+    if (j->policy == KFG_FSYNC_ALWAYS && atomic_exchange(&j->unsynced, 0) && do_sync(j, s) < 0)
         return -1;
     return 0;
 }
@@ -1324,21 +1406,9 @@ static void *writer_main(void *arg)
     for (;;) {
         while (j->fill.n == 0 && !j->closing) {
             j->writer_idle = 1;
-            /* Written but not yet synced: sync when the interval is up,
-             * even if nothing more arrives. */
-            int sync_due = j->policy == KFG_FSYNC_INTERVAL && j->unsynced && !j->failed;
-            int64_t due = sync_due ? j->last_fsync_mono + j->interval_ms : now_mono_ms() + 1000;
-            struct timespec dl = mono_deadline(due);
+            struct timespec dl = mono_deadline(now_mono_ms() + 1000);
             int w = pthread_cond_timedwait(&j->cv, &j->mu, &dl);
             j->writer_idle = 0;
-            if (sync_due && j->fill.n == 0 && now_mono_ms() >= due) {
-                pthread_mutex_unlock(&j->mu);
-                int rc = interval_sync(j);
-                pthread_mutex_lock(&j->mu);
-                if (rc < 0)
-                    j->failed = 1;
-                continue;
-            }
             if (w == ETIMEDOUT && j->fill.n == 0) {
                 if (j->window_ms >= 0)
                     dd_expire(&j->dd, now_real_ms() - j->window_ms);
@@ -1394,7 +1464,7 @@ static void *writer_main(void *arg)
     /* Close: whatever policy, everything written this session goes to disk. */
     for (size_t i = 0; !j->failed && i < j->nsegs; i++) {
         struct seg *s = j->segs[i];
-        if (s->dirty && do_sync(j, s) < 0)
+        if (atomic_load(&s->dirty) && do_sync(j, s) < 0)
             break;
     }
     if (j->policy == KFG_FSYNC_NEVER)

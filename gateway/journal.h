@@ -101,6 +101,10 @@ struct kfg_journal_opts {
     uint32_t max_pending;         /* appends not yet completed; 0 = 65536 */
     int truncate_corrupt;         /* cut corruption in non-last segments
                                      instead of refusing to open */
+    /* Tests only: called on the syncing thread before each interval
+     * fdatasync, to make one slow. NULL in production. */
+    void (*test_before_sync)(void *arg);
+    void *test_before_sync_arg;
 };
 
 /* Fills *o with the defaults above (dir NULL, fsync KFG_FSYNC_INTERVAL). */

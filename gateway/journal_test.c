@@ -1154,6 +1154,72 @@ static void test_interval_syncs_when_idle(void **state)
     dlog_free(&d);
 }
 
+/* A gate that holds the interval fsync until the test opens it. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered, open;
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 };
+
+static void gate_wait(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&gate.mu);
+    gate.entered++;
+    pthread_cond_broadcast(&gate.cv);
+    while (!gate.open)
+        pthread_cond_wait(&gate.cv, &gate.mu);
+    pthread_mutex_unlock(&gate.mu);
+}
+
+static void gated_sync(struct kfg_journal_opts *o)
+{
+    o->test_before_sync = gate_wait;
+}
+
+/* Under "interval" a commit is a write(): records go on committing while
+ * an fsync is stuck (a slow disk), and the fsync still happens after. */
+static void test_interval_fsync_does_not_block_commits(void **state)
+{
+    struct fx *f = *state;
+    gate.entered = gate.open = 0;
+    struct kfg_journal *j = jopen(f->dir, KFG_FSYNC_INTERVAL, 0, gated_sync);
+    struct dlog d;
+    dlog_init(&d);
+    struct dtag t = { &d, 0 };
+    assert_int_equal(kfg_journal_append(j, NULL, 0, enc_seqpat, (void *)(uintptr_t)64, on_done,
+                                        &t),
+                     KFG_OK);
+    pthread_mutex_lock(&gate.mu);
+    while (!gate.entered)
+        pthread_cond_wait(&gate.cv, &gate.mu);
+    pthread_mutex_unlock(&gate.mu);
+    /* The first fsync is now held; 200 more records must still commit. */
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(kfg_journal_append(j, NULL, 0, enc_seqpat, (void *)(uintptr_t)64,
+                                            on_done, &t),
+                         KFG_OK);
+    assert_true(dlog_wait(&d, 201));
+    for (size_t i = 0; i < 201; i++)
+        assert_int_equal(d.ev[i].result, KFG_OK);
+    assert_int_equal(kfg_journal_committed_seq(j), 201);
+    struct kfg_journal_stats st;
+    kfg_journal_stats(j, &st);
+    assert_int_equal(st.fsyncs, 0);
+    pthread_mutex_lock(&gate.mu);
+    gate.open = 1;
+    pthread_cond_broadcast(&gate.cv);
+    pthread_mutex_unlock(&gate.mu);
+    /* Data written while the first fsync was held is synced by a second. */
+    for (int w = 0; w < 600 && st.fsyncs < 2; w++) {
+        usleep(5000);
+        kfg_journal_stats(j, &st);
+    }
+    assert_true(st.fsyncs >= 2);
+    kfg_journal_close(j);
+    dlog_free(&d);
+}
+
 static void test_close_completes_pending(void **state)
 {
     struct fx *f = *state;
@@ -1479,6 +1545,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fsync_policies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interval_syncs_when_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_interval_fsync_does_not_block_commits, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_close_completes_pending, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_sigkill, setup, teardown),
