@@ -155,8 +155,20 @@ class Bus:
 
     def tail(self, *args, timeout=20):
         """kfgate-tail run to completion: (records, stats line, stderr)."""
-        r = subprocess.run([TAIL] + self.tail_args() + list(args), capture_output=True,
-                           text=True, timeout=timeout)
+        try:
+            r = subprocess.run([TAIL] + self.tail_args() + list(args), capture_output=True,
+                               text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            # Once seen in CI (test_crash_sigkill, not reproduced since): say
+            # what the tail was still receiving and what the gateway logged.
+            out = e.stdout.decode("utf-8", "replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+            lines = out.splitlines()
+            raise AssertionError("kfgate-tail %s still running after %ss: %d lines out, last: %s\n"
+                                 "stderr: %s\ngateway log tail:\n%s" % (
+                                     " ".join(args), timeout, len(lines),
+                                     [ln[:300] for ln in lines[-5:]], err[-2000:],
+                                     "\n".join(self.gw.log().splitlines()[-40:])))
         assert r.returncode == 0, r.stderr
         return [json.loads(ln) for ln in r.stdout.splitlines()], parse_stats(r.stderr), r.stderr
 
