@@ -51,9 +51,10 @@
  * and KFG_FSYNC_NEVER it is committed once write() returned: it is in the
  * kernel and survives a crash of the gateway (SIGKILL, abort, OOM kill) at
  * once. What a power loss or kernel crash can take differs: under INTERVAL
- * the writer fdatasyncs at most interval_ms after a write (also when no
- * further record arrives), so at most the last interval_ms (plus one fsync)
- * of records; under NEVER whatever the kernel had not written back. This is
+ * a syncer thread of its own fdatasyncs at most interval_ms after a write
+ * (also when no further record arrives), so at most the last interval_ms
+ * (plus one fsync) of records, and a slow fsync never holds up a commit;
+ * under NEVER whatever the kernel had not written back. This is
  * Redis's appendfsync always / everysec / no, and Kafka's flush.ms: the
  * latency of an fsync is paid only by those who ask for ALWAYS.
  * Completion callbacks and kfg_journal_read see only committed records.
