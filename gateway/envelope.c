@@ -1012,11 +1012,8 @@ static int walk_map(struct dec *d, uint32_t n, int depth)
                     return fail(d, "field 'type': invalid UTF-8");
                 if (!in_list(types, v.p, v.n) && !is_ext_name(v.p, v.n))
                     return fail(d, "unknown type '%.*s'", (int)(v.n > 64 ? 64 : v.n), v.p);
-                char *t = strndup(v.p, v.n);
-                if (!t)
+                if (kfg_msg_set_type(d->m, v.p, v.n) != KFG_OK)
                     return oom(d);
-                free(d->m->type);
-                d->m->type = t;
                 d->have_type = 1;
                 pop(d, mk);
                 continue;

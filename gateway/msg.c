@@ -3,6 +3,7 @@
 #include "envelope.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -69,16 +70,75 @@ const char *kfg_msg_canon_key(const char *key)
     return key;
 }
 
+struct kfg_msg_blk {
+    struct kfg_msg_blk *next;
+    _Alignas(16) char data[];
+};
+
+/* n bytes from the message's arena, 8-aligned; NULL when out of memory. */
+static void *arena_alloc(struct kfg_msg *m, size_t n)
+{
+    size_t need = (n + 7) & ~(size_t)7;
+    if (need < n)
+        return NULL;
+    if (need > m->a_left) {
+        size_t sz = m->a_next;
+        if (sz < need)
+            sz = need;
+        struct kfg_msg_blk *b = malloc(sizeof(*b) + sz);
+        if (!b)
+            return NULL;
+        b->next = m->blocks;
+        m->blocks = b;
+        m->a_p = b->data;
+        m->a_left = sz;
+        if (m->a_next < 64 * 1024)
+            m->a_next *= 2;
+    }
+    void *r = m->a_p;
+    m->a_p += need;
+    m->a_left -= need;
+    return r;
+}
+
+static char *arena_strndup(struct kfg_msg *m, const char *s, size_t n)
+{
+    char *c = arena_alloc(m, n + 1);
+    if (c) {
+        if (n)
+            memcpy(c, s, n);
+        c[n] = '\0';
+    }
+    return c;
+}
+
+int kfg_msg_set_type(struct kfg_msg *m, const char *t, size_t n)
+{
+    char *c = arena_strndup(m, t, n);
+    if (!c)
+        return KFG_ENOMEM;
+    m->type = c;
+    return KFG_OK;
+}
+
 struct kfg_msg *kfg_msg_new(const char *type, const char *tenant,
                             const char *channel, const char *instance)
 {
     if (!type || !*type)
         return NULL;
-    struct kfg_msg *m = calloc(1, sizeof(*m));
+    /* Not calloc: the inline arrays and arena need no zeroing. */
+    struct kfg_msg *m = malloc(sizeof(*m));
     if (!m)
         return NULL;
-    m->type = strdup(type);
-    if (!m->type) {
+    memset(m, 0, offsetof(struct kfg_msg, fields0));
+    m->fields = m->fields0;
+    m->cap = KFG_MSG_INLINE_FIELDS;
+    m->parts = m->parts0;
+    m->partcap = KFG_MSG_INLINE_PARTS;
+    m->a_p = m->arena0;
+    m->a_left = sizeof(m->arena0);
+    m->a_next = 2 * sizeof(m->arena0);
+    if (kfg_msg_set_type(m, type, strlen(type)) != KFG_OK) {
         free(m);
         return NULL;
     }
@@ -88,84 +148,73 @@ struct kfg_msg *kfg_msg_new(const char *type, const char *tenant,
     return m;
 }
 
-static void fields_free(struct kfg_field *f, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        free(f[i].key);
-        free(f[i].val);
-    }
-    free(f);
-}
-
 void kfg_msg_free(struct kfg_msg *m)
 {
     if (!m)
         return;
-    fields_free(m->fields, m->nfields);
-    for (size_t i = 0; i < m->nparts; i++) {
-        free(m->parts[i].kind);
-        fields_free(m->parts[i].fields, m->parts[i].nfields);
+    for (struct kfg_msg_blk *b = m->blocks, *nx; b; b = nx) {
+        nx = b->next;
+        free(b);
     }
-    free(m->parts);
-    free(m->type);
     free(m);
 }
 
 /* Sets v->key in a field list, replacing an existing value of the same key
  * in place (so the order of first set is kept). A key that would be both a
  * value and a map next to an existing one is KFG_EINVAL. */
-static int field_set(struct kfg_field **fs, size_t *n, size_t *cap,
+static int field_set(struct kfg_msg *m, struct kfg_field **fs, size_t *n, size_t *cap,
                      const struct kfg_field *v)
 {
     if (!kfg_msg_key_valid(v->key))
         return KFG_EINVAL;
     size_t at = *n;
+    const char *key = v->key;
     for (size_t i = 0; i < *n; i++) {
-        if (strcmp((*fs)[i].key, v->key) == 0) {
+        const char *k = (*fs)[i].key;
+        /* Differing first bytes can neither match nor overlap. */
+        if (k[0] != key[0])
+            continue;
+        if (strcmp(k, key) == 0) {
             at = i;
             break;
         }
-        if (path_overlaps((*fs)[i].key, v->key))
+        if (path_overlaps(k, key))
             return KFG_EINVAL;
     }
-    char *copy = NULL;
-    if (v->type == KFG_F_STR || v->type == KFG_F_RAW) {
-        if (!v->val && v->len)
-            return KFG_EINVAL;
-        copy = malloc(v->len + 1);
-        if (!copy)
-            return KFG_ENOMEM;
-        if (v->len)
-            memcpy(copy, v->val, v->len);
-        copy[v->len] = '\0';
-    }
+    int has_bytes = v->type == KFG_F_STR || v->type == KFG_F_RAW;
+    if (has_bytes && !v->val && v->len)
+        return KFG_EINVAL;
     if (at < *n) {
         struct kfg_field *f = &(*fs)[at];
-        free(f->val);
+        /* A new copy: the old bytes stay valid until kfg_msg_free. */
+        char *val = NULL;
+        if (has_bytes && !(val = arena_strndup(m, v->val ? v->val : "", v->len)))
+            return KFG_ENOMEM;
         char *k = f->key;
         *f = *v;
         f->key = k;
-        f->val = copy;
+        f->val = val;
         return KFG_OK;
     }
     if (*n == *cap) {
-        size_t nc = *cap ? *cap * 2 : 8;
-        struct kfg_field *nf = realloc(*fs, nc * sizeof(*nf));
-        if (!nf) {
-            free(copy);
+        size_t nc = *cap ? *cap * 2 : 4;
+        struct kfg_field *nf = arena_alloc(m, nc * sizeof(*nf));
+        if (!nf)
             return KFG_ENOMEM;
-        }
+        if (*n)
+            memcpy(nf, *fs, *n * sizeof(*nf));
         *fs = nf;
         *cap = nc;
     }
-    char *k = strdup(v->key);
-    if (!k) {
-        free(copy);
+    char *k = arena_strndup(m, key, strlen(key));
+    char *val = NULL;
+    if (k && has_bytes)
+        val = arena_strndup(m, v->val ? v->val : "", v->len);
+    if (!k || (has_bytes && !val))
         return KFG_ENOMEM;
-    }
     (*fs)[*n] = *v;
     (*fs)[*n].key = k;
-    (*fs)[*n].val = copy;
+    (*fs)[*n].val = val;
     (*n)++;
     return KFG_OK;
 }
@@ -198,7 +247,7 @@ static int top_set(struct kfg_msg *m, const char *key, struct kfg_field v)
     if (kfg_msg_reserved(key))
         return KFG_EINVAL;
     v.key = (char *)key;
-    return field_set(&m->fields, &m->nfields, &m->cap, &v);
+    return field_set(m, &m->fields, &m->nfields, &m->cap, &v);
 }
 
 int kfg_msg_set(struct kfg_msg *m, const char *key, const char *val, size_t len)
@@ -242,11 +291,11 @@ int kfg_msg_put(struct kfg_msg *m, long part, const struct kfg_field *f)
     if (!m || !f || !f->key)
         return KFG_EINVAL;
     if (part < 0)
-        return field_set(&m->fields, &m->nfields, &m->cap, f);
+        return field_set(m, &m->fields, &m->nfields, &m->cap, f);
     if ((size_t)part >= m->nparts || strcmp(f->key, "kind") == 0)
         return KFG_EINVAL;
     struct kfg_part *p = &m->parts[part];
-    return field_set(&p->fields, &p->nfields, &p->cap, f);
+    return field_set(m, &p->fields, &p->nfields, &p->cap, f);
 }
 
 const struct kfg_field *kfg_msg_field(const struct kfg_msg *m, const char *key)
@@ -305,14 +354,15 @@ int kfg_msg_part_add(struct kfg_msg *m, const char *kind)
     if (!m || !kind || !*kind)
         return KFG_EINVAL;
     if (m->nparts == m->partcap) {
-        size_t nc = m->partcap ? m->partcap * 2 : 4;
-        struct kfg_part *np = realloc(m->parts, nc * sizeof(*np));
+        size_t nc = m->partcap * 2;
+        struct kfg_part *np = arena_alloc(m, nc * sizeof(*np));
         if (!np)
             return KFG_ENOMEM;
+        memcpy(np, m->parts, m->nparts * sizeof(*np));
         m->parts = np;
         m->partcap = nc;
     }
-    char *k = strdup(kind);
+    char *k = arena_strndup(m, kind, strlen(kind));
     if (!k)
         return KFG_ENOMEM;
     m->parts[m->nparts] = (struct kfg_part){ .kind = k };
@@ -328,7 +378,7 @@ int kfg_msg_part_set(struct kfg_msg *m, size_t part, const char *key,
     struct kfg_part *p = &m->parts[part];
     struct kfg_field v = { .key = (char *)key, .type = KFG_F_STR,
                            .val = (char *)(val ? val : ""), .len = len };
-    return field_set(&p->fields, &p->nfields, &p->cap, &v);
+    return field_set(m, &p->fields, &p->nfields, &p->cap, &v);
 }
 
 size_t kfg_msg_part_count(const struct kfg_msg *m)

@@ -1,8 +1,9 @@
 /*
  * The in-memory message behind the plugin ABI's struct kfg_msg: typed fields
  * by name plus ordered content parts. The message owns copies of everything
- * set on it. Host-assigned fields (see kfg_msg_reserved) cannot be set by
- * plugins, so identity and tenant never come from client input.
+ * set on it, in its arena (struct kfg_msg). Host-assigned fields (see
+ * kfg_msg_reserved) cannot be set by plugins, so identity and tenant never
+ * come from client input.
  *
  * Keys are dotted paths (spec/envelope.md, "Dotted keys"): "sender.id" is
  * the key "id" of the map "sender". A key is one or more non-empty segments
@@ -54,6 +55,18 @@ struct kfg_part {
     size_t nfields, cap;
 };
 
+/* Everything a message holds (type, keys, values, field and part arrays)
+ * lives in its arena: the inline block below, then heap blocks chained from
+ * `blocks`, all freed at once by kfg_msg_free. Building or decoding a
+ * message therefore costs one malloc for a typical envelope instead of two
+ * per field. A replaced value keeps its old bytes until the message is freed
+ * (so a pointer from kfg_msg_get stays valid for the message's lifetime). */
+#define KFG_MSG_INLINE_FIELDS 16
+#define KFG_MSG_INLINE_PARTS 2
+#define KFG_MSG_INLINE_ARENA 1024
+
+struct kfg_msg_blk;
+
 struct kfg_msg {
     char *type;
     const char *tenant;     /* borrowed from the instance */
@@ -66,6 +79,13 @@ struct kfg_msg {
     size_t nfields, cap;
     struct kfg_part *parts;
     size_t nparts, partcap;
+    char *a_p;              /* free space of the current arena block */
+    size_t a_left;
+    size_t a_next;          /* size of the next heap block */
+    struct kfg_msg_blk *blocks;
+    struct kfg_field fields0[KFG_MSG_INLINE_FIELDS];
+    struct kfg_part parts0[KFG_MSG_INLINE_PARTS];
+    _Alignas(16) char arena0[KFG_MSG_INLINE_ARENA];
 };
 
 struct kfg_msg *kfg_msg_new(const char *type, const char *tenant,
@@ -106,6 +126,8 @@ size_t kfg_msg_part_count(const struct kfg_msg *m);
 const char *kfg_msg_part_kind(const struct kfg_msg *m, size_t part);
 struct kfg_str kfg_msg_part_get(const struct kfg_msg *m, size_t part,
                                 const char *key);
+/* Replaces the type with a copy of t[0..n). */
+int kfg_msg_set_type(struct kfg_msg *m, const char *t, size_t n);
 /* Stamps id (time-ordered UUIDv7), seq and acceptance time. */
 void kfg_msg_accept(struct kfg_msg *m, uint64_t seq);
 /* One JSON object, no trailing newline: the envelope in its JSON form
