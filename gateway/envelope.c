@@ -1,6 +1,7 @@
 /*
- * Envelope v1 codec (spec/envelope.md). Encoding uses msgpack-c's packer
- * over a kfg_buf. Decoding and the JSON conversion read the bytes with a
+ * Envelope v1 codec (spec/envelope.md). Encoding writes msgpack straight
+ * into a kfg_buf in the forms msgpack-c's packer picks (no callback per
+ * piece; msgpack-c still packs the JSON -> msgpack path). Decoding and the JSON conversion read the bytes with a
  * small bounds-checked reader of our own instead of msgpack_unpack: it never
  * allocates for a length the input merely claims, it keeps the exact bytes
  * of values we store raw, and it knows the path of every value for the
@@ -117,7 +118,8 @@ static int is_ext_name(const char *s, size_t n)
 /* Encoding */
 
 /* msgpack-c writes an envelope in many pieces of a few bytes: copy them
- * straight in while there is room (the buffer stays NUL-terminated). */
+ * straight in while there is room (the buffer stays NUL-terminated). Used
+ * by the JSON -> msgpack path; the envelope encoder below writes directly. */
 static int buf_write(void *data, const char *p, size_t len)
 {
     struct kfg_buf *b = data;
@@ -131,26 +133,160 @@ static int buf_write(void *data, const char *p, size_t len)
     return b->oom ? -1 : 0;
 }
 
+/* Direct msgpack writers for the envelope encoder: no callback per piece.
+ * Each picks the smallest form, exactly as msgpack-c's packer does (the
+ * unit tests re-encode msgpack-c's bytes and compare). n bytes of room, or
+ * NULL with b->oom set; the caller NUL-terminates once at the end. */
+static inline uint8_t *mp_room(struct kfg_buf *b, size_t n)
+{
+    if (b->len + n >= b->cap && kfg_buf_reserve(b, n) != 0)
+        return NULL;
+    uint8_t *p = (uint8_t *)b->p + b->len;
+    b->len += n;
+    return p;
+}
+
+static inline void put_be(uint8_t *p, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+/* A header with a fixed form for n <= fix_max, else 8/16/32-bit counts
+ * (c8 0 when the type has no 8-bit form). */
+static int mp_hdr(struct kfg_buf *b, uint8_t fix, size_t fix_max, uint8_t c8, uint8_t c16,
+                  uint8_t c32, size_t n)
+{
+    uint8_t *p;
+    if (fix && n <= fix_max) {
+        if (!(p = mp_room(b, 1)))
+            return -1;
+        p[0] = (uint8_t)(fix | n);
+    } else if (c8 && n <= 0xff) {
+        if (!(p = mp_room(b, 2)))
+            return -1;
+        p[0] = c8, p[1] = (uint8_t)n;
+    } else if (n <= 0xffff) {
+        if (!(p = mp_room(b, 3)))
+            return -1;
+        p[0] = c16, put_be(p + 1, n, 2);
+    } else if (n <= 0xffffffffu) {
+        if (!(p = mp_room(b, 5)))
+            return -1;
+        p[0] = c32, put_be(p + 1, n, 4);
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+static int mp_map(struct kfg_buf *b, size_t n) { return mp_hdr(b, 0x80, 15, 0, 0xde, 0xdf, n); }
+static int mp_array(struct kfg_buf *b, size_t n) { return mp_hdr(b, 0x90, 15, 0, 0xdc, 0xdd, n); }
+
+static int mp_bytes(struct kfg_buf *b, const void *v, size_t n)
+{
+    uint8_t *p = n ? mp_room(b, n) : NULL;
+    if (n && !p)
+        return -1;
+    if (n)
+        memcpy(p, v, n);
+    return 0;
+}
+
+static int mp_str(struct kfg_buf *b, const char *v, size_t n)
+{
+    return mp_hdr(b, 0xa0, 31, 0xd9, 0xda, 0xdb, n) || mp_bytes(b, v, n) ? -1 : 0;
+}
+
+static int mp_bin(struct kfg_buf *b, const char *v, size_t n)
+{
+    return mp_hdr(b, 0, 0, 0xc4, 0xc5, 0xc6, n) || mp_bytes(b, v, n) ? -1 : 0;
+}
+
+static int mp_uint(struct kfg_buf *b, uint64_t u)
+{
+    uint8_t *p;
+    if (u < 0x80) {
+        if (!(p = mp_room(b, 1)))
+            return -1;
+        p[0] = (uint8_t)u;
+        return 0;
+    }
+    int n = u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffu ? 4 : 8;
+    if (!(p = mp_room(b, 1 + (size_t)n)))
+        return -1;
+    p[0] = n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf;
+    put_be(p + 1, u, n);
+    return 0;
+}
+
+static int mp_int(struct kfg_buf *b, int64_t i)
+{
+    if (i >= 0)
+        return mp_uint(b, (uint64_t)i);
+    uint8_t *p;
+    if (i >= -32) {
+        if (!(p = mp_room(b, 1)))
+            return -1;
+        p[0] = (uint8_t)(int8_t)i;
+        return 0;
+    }
+    int n = i >= INT8_MIN ? 1 : i >= INT16_MIN ? 2 : i >= INT32_MIN ? 4 : 8;
+    if (!(p = mp_room(b, 1 + (size_t)n)))
+        return -1;
+    p[0] = n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3;
+    put_be(p + 1, (uint64_t)i, n);
+    return 0;
+}
+
+static int mp_double(struct kfg_buf *b, double d)
+{
+    uint64_t u;
+    memcpy(&u, &d, 8);
+    uint8_t *p = mp_room(b, 9);
+    if (!p)
+        return -1;
+    p[0] = 0xcb;
+    put_be(p + 1, u, 8);
+    return 0;
+}
+
+static int mp_float(struct kfg_buf *b, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint8_t *p = mp_room(b, 5);
+    if (!p)
+        return -1;
+    p[0] = 0xca;
+    put_be(p + 1, u, 4);
+    return 0;
+}
+
+static int mp_byte(struct kfg_buf *b, uint8_t c)
+{
+    uint8_t *p = mp_room(b, 1);
+    if (!p)
+        return -1;
+    p[0] = c;
+    return 0;
+}
+
 struct ent {
     const char *rest;               /* the key from the current level on */
     const struct kfg_field *f;      /* NULL: the parts array */
+    uint32_t sl;                    /* length of rest's first segment */
+    char c0;                        /* rest[0] */
+    char dot;                       /* rest goes on past that segment */
 };
 
-/* Keys are short: plain loops beat strcspn calls on this hot path (the
- * encoder compares every pair of keys at each level). */
+/* Keys are short: a plain loop beats a strcspn call on this hot path. */
 static size_t seg_len(const char *s)
 {
     const char *p = s;
     while (*p && *p != '.')
         p++;
     return (size_t)(p - s);
-}
-
-static int same_seg(const char *a, const char *b)
-{
-    while (*a && *a != '.' && *a == *b)
-        a++, b++;
-    return (*a == '\0' || *a == '.') && (*b == '\0' || *b == '.');
 }
 
 /* Strict decimal integer, optional '-' (signed) ; 1 on success. */
@@ -206,7 +342,7 @@ static int parse_num(const char *s, size_t n, double *out)
     return 1;
 }
 
-static int pack_field(msgpack_packer *pk, int in_part, const struct kfg_field *f)
+static int pack_field(struct kfg_buf *pk, int in_part, const struct kfg_field *f)
 {
     switch (f->type) {
     case KFG_F_STR: {
@@ -215,49 +351,57 @@ static int pack_field(msgpack_packer *pk, int in_part, const struct kfg_field *f
         uint64_t u;
         double d;
         if (want == S_UINT && parse_u64(f->val, f->len, &u))
-            return msgpack_pack_uint64(pk, u);
+            return mp_uint(pk, u);
         if (want == S_INT && parse_i64(f->val, f->len, &i))
-            return msgpack_pack_int64(pk, i);
+            return mp_int(pk, i);
         if (want == S_NUM && parse_num(f->val, f->len, &d))
-            return msgpack_pack_double(pk, d);
+            return mp_double(pk, d);
         if (want == S_BOOL && f->len == 4 && memcmp(f->val, "true", 4) == 0)
-            return msgpack_pack_true(pk);
+            return mp_byte(pk, 0xc3);
         if (want == S_BOOL && f->len == 5 && memcmp(f->val, "false", 5) == 0)
-            return msgpack_pack_false(pk);
-        if (want == S_BIN) {
-            int r = msgpack_pack_bin(pk, f->len);
-            return r ? r : msgpack_pack_bin_body(pk, f->val, f->len);
-        }
-        int r = msgpack_pack_str(pk, f->len);
-        return r ? r : msgpack_pack_str_body(pk, f->val, f->len);
+            return mp_byte(pk, 0xc2);
+        if (want == S_BIN)
+            return mp_bin(pk, f->val, f->len);
+        return mp_str(pk, f->val, f->len);
     }
     case KFG_F_INT:
-        return msgpack_pack_int64(pk, f->ival);
+        return mp_int(pk, f->ival);
     case KFG_F_UINT:
-        return msgpack_pack_uint64(pk, (uint64_t)f->ival);
+        return mp_uint(pk, (uint64_t)f->ival);
     case KFG_F_BOOL:
-        return f->ival ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        return mp_byte(pk, f->ival ? 0xc3 : 0xc2);
     case KFG_F_FLOAT:
-        return f->f32 ? msgpack_pack_float(pk, (float)f->dval) : msgpack_pack_double(pk, f->dval);
+        return f->f32 ? mp_float(pk, (float)f->dval) : mp_double(pk, f->dval);
     case KFG_F_RAW:
-        return pk->callback(pk->data, f->val, f->len);
+        return mp_bytes(pk, f->val, f->len);
     }
-    return msgpack_pack_nil(pk);
+    return mp_byte(pk, 0xc0);
 }
 
-static int pack_parts(msgpack_packer *pk, const struct kfg_msg *m);
+static int pack_parts(struct kfg_buf *pk, const struct kfg_msg *m);
 
 /* Emits ents[0..n) as one map: entries whose next segment is the same form
  * one nested map, at the place of the first of them. */
-static int pack_level(msgpack_packer *pk, struct ent *ents, size_t n, int in_part,
+static int pack_level(struct kfg_buf *pk, struct ent *ents, size_t n, int in_part,
                       const struct kfg_msg *m)
 {
+    for (size_t i = 0; i < n; i++) {
+        size_t sl = seg_len(ents[i].rest);
+        ents[i].sl = (uint32_t)sl;
+        ents[i].c0 = ents[i].rest[0];
+        ents[i].dot = ents[i].rest[sl] == '.';
+    }
+    /* Group entries with the same first segment, at the place of the first
+     * of them. Two leaves never share one (keys are unique), so only pairs
+     * with a dotted key are compared, and by length and first byte first. */
     size_t groups = 0;
     for (size_t i = 0; i < n;) {
         size_t k = i + 1;
-        char c0 = ents[i].rest[0];
+        const struct ent *a = &ents[i];
         for (size_t j = i + 1; j < n; j++) {
-            if (ents[j].rest[0] != c0 || !same_seg(ents[i].rest, ents[j].rest))
+            const struct ent *b = &ents[j];
+            if ((!a->dot && !b->dot) || b->sl != a->sl || b->c0 != a->c0 ||
+                memcmp(a->rest, b->rest, a->sl) != 0)
                 continue;
             struct ent e = ents[j];
             memmove(&ents[k + 1], &ents[k], (j - k) * sizeof(*ents));
@@ -266,21 +410,19 @@ static int pack_level(msgpack_packer *pk, struct ent *ents, size_t n, int in_par
         groups++;
         i = k;
     }
-    int r = msgpack_pack_map(pk, groups);
+    int r = mp_map(pk, groups);
     for (size_t i = 0; i < n && !r;) {
-        size_t k = i + 1;
-        while (k < n && same_seg(ents[i].rest, ents[k].rest))
+        size_t sl = ents[i].sl, k = i + 1;
+        while (k < n && ents[k].sl == sl && ents[k].c0 == ents[i].c0 &&
+               (ents[k].dot || ents[i].dot) && !memcmp(ents[k].rest, ents[i].rest, sl))
             k++;
-        size_t sl = seg_len(ents[i].rest);
-        r = msgpack_pack_str(pk, sl);
-        if (!r)
-            r = msgpack_pack_str_body(pk, ents[i].rest, sl);
+        r = mp_str(pk, ents[i].rest, sl);
         /* A leaf next to deeper keys cannot happen through msg.c (a key is
          * never both a value and a map); if it does, the map wins. */
         size_t deep = 0;
         for (size_t j = i; j < k; j++)
-            if (ents[j].rest[sl] == '.')
-                ents[i + deep++] = (struct ent){ ents[j].rest + sl + 1, ents[j].f };
+            if (ents[j].dot)
+                ents[i + deep++] = (struct ent){ ents[j].rest + sl + 1, ents[j].f, 0, 0, 0 };
         if (r) {
         } else if (deep) {
             r = pack_level(pk, &ents[i], deep, in_part, m);
@@ -294,7 +436,7 @@ static int pack_level(msgpack_packer *pk, struct ent *ents, size_t n, int in_par
     return r;
 }
 
-static int pack_fields(msgpack_packer *pk, const struct kfg_field *syn, size_t nsyn,
+static int pack_fields(struct kfg_buf *pk, const struct kfg_field *syn, size_t nsyn,
                        const struct kfg_field *fs, size_t nf, int with_parts,
                        int in_part, const struct kfg_msg *m)
 {
@@ -305,7 +447,7 @@ static int pack_fields(msgpack_packer *pk, const struct kfg_field *syn, size_t n
         return -1;
     size_t k = 0;
     for (size_t i = 0; i < nsyn; i++)
-        ents[k++] = (struct ent){ syn[i].key, &syn[i] };
+        ents[k++] = (struct ent){ syn[i].key, &syn[i], 0, 0, 0 };
     /* Only a key that starts like one of syn's can be shadowed by it. */
     uint64_t first[4] = { 0 };
     for (size_t i = 0; i < nsyn; i++) {
@@ -319,19 +461,19 @@ static int pack_fields(msgpack_packer *pk, const struct kfg_field *syn, size_t n
             for (size_t j = 0; j < nsyn && !shadowed; j++)
                 shadowed = strcmp(syn[j].key, fs[i].key) == 0;
         if (!shadowed)
-            ents[k++] = (struct ent){ fs[i].key, &fs[i] };
+            ents[k++] = (struct ent){ fs[i].key, &fs[i], 0, 0, 0 };
     }
     if (with_parts)
-        ents[k++] = (struct ent){ "parts", NULL };
+        ents[k++] = (struct ent){ "parts", NULL, 0, 0, 0 };
     int r = pack_level(pk, ents, k, in_part, m);
     if (ents != stack)
         free(ents);
     return r;
 }
 
-static int pack_parts(msgpack_packer *pk, const struct kfg_msg *m)
+static int pack_parts(struct kfg_buf *pk, const struct kfg_msg *m)
 {
-    int r = msgpack_pack_array(pk, m->nparts);
+    int r = mp_array(pk, m->nparts);
     for (size_t i = 0; i < m->nparts && !r; i++) {
         const struct kfg_part *p = &m->parts[i];
         struct kfg_field kind = { .key = "kind", .type = KFG_F_STR, .val = p->kind,
@@ -377,10 +519,10 @@ int kfg_env_encode(const struct kfg_msg *m, struct kfg_buf *out)
     if (m->accepted_ms)
         syn[n++] = (struct kfg_field){ .key = "ts.accepted", .type = KFG_F_INT,
                                        .ival = m->accepted_ms };
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, buf_write);
     size_t start = out->len;
-    int r = pack_fields(&pk, syn, n, m->fields, m->nfields, m->nparts > 0, 0, m);
+    int r = pack_fields(out, syn, n, m->fields, m->nfields, m->nparts > 0, 0, m);
+    if (!r && !out->oom)
+        out->p[out->len] = '\0';       /* mp_room leaves room for it */
     if (r || out->oom) {
         out->oom = 1;
         if (out->len >= start)
@@ -560,6 +702,16 @@ static int utf8_valid(const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s, *e = p + n;
     while (p < e) {
+        /* Eight ASCII bytes at a time: most text is all ASCII. */
+        while (e - p >= 8) {
+            uint64_t w;
+            memcpy(&w, p, 8);
+            if (w & 0x8080808080808080ull)
+                break;
+            p += 8;
+        }
+        if (p == e)
+            break;
         unsigned c = *p;
         if (c < 0x80) {
             p++;
@@ -761,6 +913,14 @@ static int read_key(struct dec *d, uint32_t idx, struct mpv *k)
                     mpt_name[k->t]);
     if (!k->n)
         return fail(d, "field '%s': map key #%u is empty", pth(d), idx + 1);
+    /* One pass over the usual all-ASCII key; anything else takes the long
+     * way, which names the precise fault. */
+    const unsigned char *p = (const unsigned char *)k->p;
+    uint32_t i = 0;
+    while (i < k->n && p[i] < 0x80 && p[i] != '.' && p[i] != '\0')
+        i++;
+    if (i == k->n)
+        return 0;
     if (!utf8_valid(k->p, k->n))
         return fail(d, "field '%s': map key #%u is not valid UTF-8", pth(d), idx + 1);
     if (memchr(k->p, '.', k->n))
@@ -777,7 +937,8 @@ static int check_dups(struct dec *d, struct keyref *keys, uint32_t n)
     if (n <= 16) {
         for (uint32_t i = 0; i < n; i++)
             for (uint32_t j = i + 1; j < n; j++)
-                if (!keycmp(&keys[i], &keys[j]))
+                if (keys[i].n == keys[j].n && keys[i].p[0] == keys[j].p[0] &&
+                    !memcmp(keys[i].p, keys[j].p, keys[i].n))
                     return fail(d, "field '%s': duplicate key '%.*s'", pth(d),
                                 (int)keys[i].n, keys[i].p);
         return 0;
@@ -790,9 +951,28 @@ static int check_dups(struct dec *d, struct keyref *keys, uint32_t n)
     return 0;
 }
 
-/* Scans the keys of a map whose header was read (the reader is at its
- * first key) for duplicates, without moving the reader. */
-static int map_keys_check(struct dec *d, uint32_t n, int depth);
+/* The keys of one map, gathered while it is walked and checked for
+ * duplicates at its end (the map fails as a whole, so the order of the
+ * checks changes nothing but which of two faults is named). */
+struct keyset {
+    struct keyref *k;
+    struct keyref stack[24];
+};
+
+static int keyset_init(struct dec *d, struct keyset *ks, uint32_t n)
+{
+    ks->k = n <= 24 ? ks->stack : malloc(n * sizeof(*ks->k));
+    return ks->k ? 0 : oom(d);
+}
+
+static int keyset_done(struct dec *d, struct keyset *ks, uint32_t n, int r)
+{
+    if (!r)
+        r = check_dups(d, ks->k, n);
+    if (ks->k != ks->stack)
+        free(ks->k);
+    return r;
+}
 
 /* Walks one value whose header is in v (payload consumed), checking
  * strings, keys and depth; the value is stored elsewhere (raw). */
@@ -815,73 +995,28 @@ static int skip_value(struct dec *d, const struct mpv *v, int depth)
             pop(d, mk);
         }
     } else if (v->t == MP_MAP) {
-        if (map_keys_check(d, v->n, depth))
+        struct keyset ks;
+        if (keyset_init(d, &ks, v->n))
             return -1;
-        for (uint32_t i = 0; i < v->n; i++) {
+        int r = 0;
+        for (uint32_t i = 0; i < v->n && !r; i++) {
             struct mpv k, e;
-            if (read_key(d, i, &k))
-                return -1;
+            if ((r = read_key(d, i, &k)))
+                break;
+            ks.k[i] = (struct keyref){ k.p, k.n };
             struct mark mk = push_key(d, k.p, k.n);
             int rc = rd_head(&d->r, &e);
             if (rc || skip_value(d, &e, depth + 1)) {
                 if (rc)
                     read_fail(d, rc);
-                return -1;
+                r = -1;
+                break;
             }
             pop(d, mk);
         }
+        return keyset_done(d, &ks, v->n, r);
     }
     return 0;
-}
-
-static int map_keys_check(struct dec *d, uint32_t n, int depth)
-{
-    if (n < 2)
-        return 0;
-    struct keyref stack[32];
-    struct keyref *keys = n <= 32 ? stack : malloc(n * sizeof(*keys));
-    if (!keys)
-        return oom(d);
-    struct rd save = d->r;
-    char spath[sizeof(d->path)];
-    size_t splen = d->plen;
-    memcpy(spath, d->path, d->plen + 1);
-    int r = 0;
-    for (uint32_t i = 0; i < n && !r; i++) {
-        struct mpv k, e;
-        r = read_key(d, i, &k);
-        if (r)
-            break;
-        keys[i] = (struct keyref){ k.p, k.n };
-        struct mark mk = push_key(d, k.p, k.n);
-        int rc = rd_head(&d->r, &e);
-        if (rc) {
-            r = read_fail(d, rc);
-            break;
-        }
-        /* Skip the value's contents without checks (done later). */
-        uint64_t pending = e.t == MP_ARR ? e.n : e.t == MP_MAP ? 2ull * e.n : 0;
-        (void)depth;
-        while (pending && !r) {
-            struct mpv x;
-            rc = rd_head(&d->r, &x);
-            if (rc) {
-                r = read_fail(d, rc);
-                break;
-            }
-            pending--;
-            pending += x.t == MP_ARR ? x.n : x.t == MP_MAP ? 2ull * x.n : 0;
-        }
-        pop(d, mk);
-    }
-    if (!r)
-        r = check_dups(d, keys, n);
-    if (keys != stack)
-        free(keys);
-    d->r = save;
-    d->plen = splen;
-    memcpy(d->path, spath, splen + 1);
-    return r;
 }
 
 static int put(struct dec *d, struct kfg_field *f)
@@ -972,30 +1107,33 @@ static int is_uuid(const char *s, size_t n)
     return 1;
 }
 
-/* The reader is at the first key of a map of n entries. */
-static int walk_map(struct dec *d, uint32_t n, int depth)
+static int kmatch(const struct mpv *k, const char *s, uint32_t n)
 {
-    if (map_keys_check(d, n, depth))
-        return -1;
+    return k->n == n && !memcmp(k->p, s, n);
+}
+
+/* The reader is at the first key of a map of n entries; ks gathers them. */
+static int walk_entries(struct dec *d, uint32_t n, int depth, struct keyset *ks)
+{
     for (uint32_t i = 0; i < n; i++) {
         struct mpv k, v;
         if (read_key(d, i, &k))
             return -1;
+        ks->k[i] = (struct keyref){ k.p, k.n };
         struct mark mk = push_key(d, k.p, k.n);
         int rc = rd_head(&d->r, &v);
         if (rc)
             return read_fail(d, rc);
-        if (!d->in_part && mk.klen == 0 && d->klen <= KFG_MSG_KEY_MAX) {
+        if (!d->in_part && mk.klen == 0 && k.n <= 5) {
             /* Top-level keys the struct holds, or that never come from the
              * wire on the outbound path. */
-            const char *key = d->key;
-            if (!strcmp(key, "parts")) {
+            if (kmatch(&k, "parts", 5)) {
                 if (type_ok(d, S_ARRAY, &v) || decode_parts(d, &v, depth + 1))
                     return -1;
                 pop(d, mk);
                 continue;
             }
-            if (!strcmp(key, "v")) {
+            if (kmatch(&k, "v", 1)) {
                 if (type_ok(d, S_UINT, &v))
                     return -1;
                 if (v.u != KFG_ENV_VERSION)
@@ -1005,7 +1143,7 @@ static int walk_map(struct dec *d, uint32_t n, int depth)
                 pop(d, mk);
                 continue;
             }
-            if (!strcmp(key, "type")) {
+            if (kmatch(&k, "type", 4)) {
                 if (type_ok(d, S_STR, &v))
                     return -1;
                 if (!utf8_valid(v.p, v.n))
@@ -1018,7 +1156,7 @@ static int walk_map(struct dec *d, uint32_t n, int depth)
                 pop(d, mk);
                 continue;
             }
-            if (!strcmp(key, "id")) {
+            if (kmatch(&k, "id", 2)) {
                 if (type_ok(d, S_STR, &v))
                     return -1;
                 if (!(d->flags & KFG_ENV_OUTBOUND)) {
@@ -1031,7 +1169,7 @@ static int walk_map(struct dec *d, uint32_t n, int depth)
                 pop(d, mk);
                 continue;
             }
-            if (!strcmp(key, "seq")) {
+            if (kmatch(&k, "seq", 3)) {
                 if (type_ok(d, S_UINT, &v))
                     return -1;
                 if (!(d->flags & KFG_ENV_OUTBOUND))
@@ -1040,7 +1178,7 @@ static int walk_map(struct dec *d, uint32_t n, int depth)
                 continue;
             }
         }
-        if (!d->in_part && d->klen <= KFG_MSG_KEY_MAX && !strcmp(d->key, "ts.accepted")) {
+        if (!d->in_part && d->klen == 11 && !memcmp(d->key, "ts.accepted", 11)) {
             if (type_ok(d, S_INT, &v))
                 return -1;
             if (!(d->flags & KFG_ENV_OUTBOUND))
@@ -1053,6 +1191,14 @@ static int walk_map(struct dec *d, uint32_t n, int depth)
         pop(d, mk);
     }
     return 0;
+}
+
+static int walk_map(struct dec *d, uint32_t n, int depth)
+{
+    struct keyset ks;
+    if (keyset_init(d, &ks, n))
+        return -1;
+    return keyset_done(d, &ks, n, walk_entries(d, n, depth, &ks));
 }
 
 static int decode_parts(struct dec *d, const struct mpv *arr, int depth)
@@ -1073,9 +1219,7 @@ static int decode_parts(struct dec *d, const struct mpv *arr, int depth)
         struct rd save = d->r;
         struct mpv kind = { .t = MP_NIL };
         int have_kind = 0;
-        if (map_keys_check(d, pm.n, depth + 1))
-            return -1;
-        for (uint32_t j = 0; j < pm.n; j++) {
+        for (uint32_t j = 0; j < pm.n && !have_kind; j++) {
             struct mpv k, v;
             if (read_key(d, j, &k))
                 return -1;
@@ -1107,11 +1251,14 @@ static int decode_parts(struct dec *d, const struct mpv *arr, int depth)
             return fail(d, "field '%s': unknown kind '%.*s'", pth(d),
                         (int)(kind.n > 64 ? 64 : kind.n), kind.p);
         pop(d, mk2);
-        char *kfull = strndup(kind.p, kind.n);
+        char kbuf[72], *kfull = kind.n < sizeof kbuf ? kbuf : malloc(kind.n + 1);
         if (!kfull)
             return oom(d);
+        memcpy(kfull, kind.p, kind.n);
+        kfull[kind.n] = '\0';
         int pi = kfg_msg_part_add(d->m, kfull);
-        free(kfull);
+        if (kfull != kbuf)
+            free(kfull);
         if (pi < 0)
             return oom(d);
         d->r = save;
@@ -1120,18 +1267,26 @@ static int decode_parts(struct dec *d, const struct mpv *arr, int depth)
         size_t kl = d->klen;
         d->klen = 0;
         d->key[0] = '\0';
-        for (uint32_t j = 0; j < pm.n; j++) {
+        struct keyset ks;
+        if (keyset_init(d, &ks, pm.n))
+            return -1;
+        int r = 0;
+        for (uint32_t j = 0; j < pm.n && !r; j++) {
             struct mpv k, v;
-            if (read_key(d, j, &k))
-                return -1;
+            if ((r = read_key(d, j, &k)))
+                break;
+            ks.k[j] = (struct keyref){ k.p, k.n };
             struct mark m3 = push_key(d, k.p, k.n);
-            rc = rd_head(&d->r, &v);
-            if (rc)
-                return read_fail(d, rc);
-            if (!(k.n == 4 && !memcmp(k.p, "kind", 4)) && walk_value(d, &v, depth + 1))
-                return -1;
+            if ((rc = rd_head(&d->r, &v))) {
+                r = read_fail(d, rc);
+                break;
+            }
+            if (!kmatch(&k, "kind", 4) && (r = walk_value(d, &v, depth + 1)))
+                break;
             pop(d, m3);
         }
+        if (keyset_done(d, &ks, pm.n, r))
+            return -1;
         d->in_part = 0;
         d->klen = kl;
         d->key[kl] = '\0';

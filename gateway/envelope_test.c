@@ -550,6 +550,15 @@ static void test_rejections_raw(void **state)
     expect_raw("\x82\xa1v\x01\xa4type\xa3x-\x00", 13, "unknown type 'x-'");
     expect_raw("\x83\xa1v\x01\xa1x\x01\xa1x\x02", 10, "field 'envelope': duplicate key 'x'");
     expect_raw("\x82\xa1v\x01\xa1x\x91\xa2\xc3\x28", 10, "field 'x[0]': invalid UTF-8");
+    /* duplicates inside a part, a nested map, and a map kept raw in an array */
+    expect_raw("\x82\xa1v\x01\xa5parts\x91\x83\xa4kind\xa4text\xa4text\xa1" "a\xa4text\xa1" "b",
+               36, "field 'parts[0]': duplicate key 'text'");
+    expect_raw("\x82\xa1v\x01\xa5parts\x91\x82\xa4kind\xa4text\xa4kind\xa4link", 32,
+               "field 'parts[0]': duplicate key 'kind'");
+    expect_raw("\x82\xa1v\x01\xa1m\x81\xa1n\x82\xa1" "a\x01\xa1" "a\x02", 16,
+               "field 'm.n': duplicate key 'a'");
+    expect_raw("\x82\xa1v\x01\xa1x\x91\x82\xa1" "a\x01\xa1" "a\x02", 14,
+               "field 'x[0]': duplicate key 'a'");
     /* a count that claims more than the bytes left: no allocation, no read */
     expect_raw("\x82\xa1v\x01\xa1x\xdd\xff\xff\xff\xff", 11,
                "not msgpack: truncated value at 'x' (offset 6)");
@@ -572,6 +581,94 @@ static void test_rejections_raw(void **state)
     }
     expect_raw(sb.data, sb.size, "field 'm': duplicate key 'k42'");
     msgpack_sbuffer_destroy(&sb);
+}
+
+/* The encoder writes msgpack itself; every header form it can choose must
+ * be the one msgpack-c's packer chooses, or a canonical envelope would not
+ * re-encode to its own bytes. Integers, strings and maps at each boundary,
+ * and an array of more than 15 parts, packed by msgpack-c, decoded, encoded. */
+static void test_encoder_forms_match_msgpack_c(void **state)
+{
+    (void)state;
+    static const uint64_t us[] = { 0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295u,
+                                   4294967296u, UINT64_MAX };
+    static const int64_t is[] = { -1, -31, -32, -33, -127, -128, -129, -32767, -32768,
+                                  -32769, INT32_MIN + 1, INT32_MIN, (int64_t)INT32_MIN - 1,
+                                  INT64_MIN };
+    static const size_t sl[] = { 0, 1, 31, 32, 255, 256, 65535, 65536 };
+    const size_t nu = sizeof us / sizeof us[0], ni = sizeof is / sizeof is[0],
+                 ns = sizeof sl / sizeof sl[0];
+    char *text = malloc(65536);
+    memset(text, 'y', 65536);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 9);
+    pk_str(&pk, "v"); msgpack_pack_uint8(&pk, 1);
+    pk_str(&pk, "instance"); pk_str(&pk, "wx-main");
+    pk_str(&pk, "dir"); pk_str(&pk, "out");
+    pk_str(&pk, "type"); pk_str(&pk, "x-forms");
+    pk_str(&pk, "u");
+    msgpack_pack_map(&pk, nu);
+    for (size_t i = 0; i < nu; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "u%zu", i);
+        pk_str(&pk, k);
+        msgpack_pack_uint64(&pk, us[i]);
+    }
+    pk_str(&pk, "i");
+    msgpack_pack_map(&pk, ni);
+    for (size_t i = 0; i < ni; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "i%zu", i);
+        pk_str(&pk, k);
+        msgpack_pack_int64(&pk, is[i]);
+    }
+    pk_str(&pk, "s");
+    msgpack_pack_map(&pk, ns);
+    for (size_t i = 0; i < ns; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "s%zu", i);
+        pk_str(&pk, k);
+        msgpack_pack_str(&pk, sl[i]);
+        msgpack_pack_str_body(&pk, text, sl[i]);
+    }
+    /* maps of 15 and 16 entries, and a key of 32 bytes */
+    pk_str(&pk, "m");
+    msgpack_pack_map(&pk, 2);
+    for (int w = 15; w <= 16; w++) {
+        char k[40];
+        snprintf(k, sizeof k, w == 15 ? "m15" : "m16-a-key-of-exactly-32-bytes-xx");
+        pk_str(&pk, k);
+        msgpack_pack_map(&pk, (size_t)w);
+        for (int e = 0; e < w; e++) {
+            snprintf(k, sizeof k, "e%d", e);
+            pk_str(&pk, k);
+            msgpack_pack_true(&pk);
+        }
+    }
+    pk_str(&pk, "parts");
+    msgpack_pack_array(&pk, 17);
+    for (int i = 0; i < 17; i++) {
+        msgpack_pack_map(&pk, 2);
+        pk_str(&pk, "kind"); pk_str(&pk, "text");
+        pk_str(&pk, "text"); pk_str(&pk, "p");
+    }
+    char why[200];
+    struct kfg_msg *m = NULL;
+    int rc = kfg_env_decode_outbound(sb.data, sb.size, &m, why, sizeof why);
+    if (rc)
+        fail_msg("decode: %s", why);
+    struct kfg_buf b = { 0 };
+    assert_int_equal(kfg_env_encode(m, &b), 0);
+    assert_int_equal(b.len, sb.size);
+    assert_memory_equal(b.p, sb.data, sb.size);
+    assert_int_equal(b.p[b.len], '\0');
+    kfg_buf_free(&b);
+    kfg_msg_free(m);
+    msgpack_sbuffer_destroy(&sb);
+    free(text);
 }
 
 /* Dotted keys through the host API. */
@@ -982,6 +1079,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_msg_compat),
         cmocka_unit_test(test_msg_arena),
+        cmocka_unit_test(test_encoder_forms_match_msgpack_c),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
