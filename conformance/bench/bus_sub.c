@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "../../gateway/tools/tool_exit.h"
 
 static uint64_t mono_ns(void)
 {
@@ -82,6 +83,7 @@ int main(int argc, char **argv)
            (unsigned long long)st.replayed, (unsigned long long)st.duplicates,
            (unsigned long long)disorder);
     free(lat);
+    tool_exit_guard(0);
     kfg_bus_sub_free(s);
     kfg_bus_close(b);
     return got == count ? 0 : 1;

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "../../gateway/tools/tool_exit.h"
 
 #define MAX_SLOTS 256
 
@@ -247,6 +248,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nslots; i++)
         nng_aio_stop(slots[i].aio);
     printf("answered=%lu failed=%lu\n", answered, failed);
+    tool_exit_guard(0);
     kfg_bus_sub_free(sub);
     kfg_bus_close(b);
     nng_close(req);

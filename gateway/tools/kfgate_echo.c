@@ -25,6 +25,7 @@
 #include "envelope.h"
 #include "kfgate/bus.h"
 #include "kfgate/envelope.h"
+#include "tool_exit.h"
 
 #define SEND_TRIES 5
 
@@ -265,6 +266,7 @@ int main(int argc, char **argv)
     }
     kfg_buf_free(&js);
     kfg_buf_free(&mp);
+    tool_exit_guard(0);
     kfg_bus_sub_free(sub);
     kfg_bus_close(bus);
     return 0;

@@ -19,6 +19,7 @@
 #include "buf.h"
 #include "envelope.h"
 #include "kfgate/bus.h"
+#include "tool_exit.h"
 
 static void usage(FILE *f)
 {
@@ -137,6 +138,7 @@ int main(int argc, char **argv)
     free(line);
     kfg_buf_free(&out);
     kfg_buf_free(&env);
+    tool_exit_guard(status);
     kfg_bus_close(bus);
     return status;
 }

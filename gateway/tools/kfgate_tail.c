@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "envelope.h"
 #include "kfgate/bus.h"
+#include "tool_exit.h"
 
 static volatile sig_atomic_t stop;
 
@@ -225,6 +226,7 @@ int main(int argc, char **argv)
     }
     kfg_buf_free(&line);
     kfg_buf_free(&env);
+    tool_exit_guard(status);
     kfg_bus_sub_free(sub);
     kfg_bus_close(bus);
     return status;
