@@ -89,7 +89,7 @@ $(BUILD)/kfgate-toml: gateway/tools/kfgate_toml.c $(BUILD)/libkfgate.a
 
 # Bus clients (kfgate/bus.h): tail the feed, send outbound, an echo core.
 $(BUILD)/kfgate-tail $(BUILD)/kfgate-send $(BUILD)/kfgate-echo: $(BUILD)/kfgate-%: gateway/tools/kfgate_%.c gateway/tools/tool_exit.h $(BUILD)/libkfgate.a
-	$(CC) $(CFLAGS_BASE) $(CFLAGS) $^ $(LIBS) -o $@
+	$(CC) $(CFLAGS_BASE) $(CFLAGS) $(filter-out %.h,$^) $(LIBS) -o $@
 
 $(BUILD)/test/%: gateway/%.c $(BUILD)/libkfgate-asan.a | $(BUILD)/test
 	$(CC) $(CFLAGS_BASE) -O1 $(SAN) $^ $(LIBS) -lcmocka -o $@
