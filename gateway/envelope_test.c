@@ -609,30 +609,25 @@ static void test_encoder_forms_match_msgpack_c(void **state)
     pk_str(&pk, "instance"); pk_str(&pk, "wx-main");
     pk_str(&pk, "dir"); pk_str(&pk, "out");
     pk_str(&pk, "type"); pk_str(&pk, "x-forms");
-    pk_str(&pk, "u");
-    msgpack_pack_map(&pk, nu);
-    for (size_t i = 0; i < nu; i++) {
-        char k[8];
-        snprintf(k, sizeof k, "u%zu", i);
-        pk_str(&pk, k);
-        msgpack_pack_uint64(&pk, us[i]);
-    }
-    pk_str(&pk, "i");
-    msgpack_pack_map(&pk, ni);
-    for (size_t i = 0; i < ni; i++) {
-        char k[8];
-        snprintf(k, sizeof k, "i%zu", i);
-        pk_str(&pk, k);
-        msgpack_pack_int64(&pk, is[i]);
-    }
-    pk_str(&pk, "s");
-    msgpack_pack_map(&pk, ns);
-    for (size_t i = 0; i < ns; i++) {
-        char k[8];
-        snprintf(k, sizeof k, "s%zu", i);
-        pk_str(&pk, k);
-        msgpack_pack_str(&pk, sl[i]);
-        msgpack_pack_str_body(&pk, text, sl[i]);
+    /* one map per kind: "u" unsigned, "i" negative, "s" strings */
+    const char *groups[] = { "u", "i", "s" };
+    const size_t counts[] = { nu, ni, ns };
+    for (int g = 0; g < 3; g++) {
+        pk_str(&pk, groups[g]);
+        msgpack_pack_map(&pk, counts[g]);
+        for (size_t i = 0; i < counts[g]; i++) {
+            char k[32];
+            snprintf(k, sizeof k, "%s%zu", groups[g], i);
+            pk_str(&pk, k);
+            if (g == 0) {
+                msgpack_pack_uint64(&pk, us[i]);
+            } else if (g == 1) {
+                msgpack_pack_int64(&pk, is[i]);
+            } else {
+                msgpack_pack_str(&pk, sl[i]);
+                msgpack_pack_str_body(&pk, text, sl[i]);
+            }
+        }
     }
     /* maps of 15 and 16 entries, and a key of 32 bytes */
     pk_str(&pk, "m");
