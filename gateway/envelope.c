@@ -13,7 +13,6 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
-#include <pthread.h>
 #include <msgpack.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -72,22 +71,46 @@ static struct schema part_schema[] = {
     { NULL, S_ANY, 0 },
 };
 
-/* Key lengths, computed once, so a lookup compares lengths first. */
-static void schema_len_init(void)
+/* Lookups go by key length: each table is sorted by length once, and
+ * by_len[t][n] .. by_len[t][n + 1] is the run of its keys of n bytes. */
+#define SCHEMA_LEN_MAX 32
+static uint8_t by_len[2][SCHEMA_LEN_MAX + 1];
+
+static int schema_len_cmp(const void *a, const void *b)
 {
-    for (struct schema *s = top_schema; s->key; s++)
-        s->len = strlen(s->key);
-    for (struct schema *s = part_schema; s->key; s++)
-        s->len = strlen(s->key);
+    const struct schema *x = a, *y = b;
+    return (x->len > y->len) - (x->len < y->len);
+}
+
+static void schema_index(struct schema *t, uint8_t *idx)
+{
+    size_t n = 0;
+    for (; t[n].key; n++)
+        t[n].len = strlen(t[n].key);
+    qsort(t, n, sizeof(*t), schema_len_cmp);
+    size_t i = 0;
+    for (size_t len = 0; len <= SCHEMA_LEN_MAX; len++) {
+        idx[len] = (uint8_t)i;
+        while (i < n && t[i].len == len)
+            i++;
+    }
+}
+
+__attribute__((constructor)) static void schema_init(void)
+{
+    schema_index(top_schema, by_len[0]);
+    schema_index(part_schema, by_len[1]);
 }
 
 static enum st schema_type(int in_part, const char *key, size_t len)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, schema_len_init);
-    for (const struct schema *s = in_part ? part_schema : top_schema; s->key; s++)
-        if (s->len == len && memcmp(s->key, key, len) == 0)
-            return s->type;
+    if (len >= SCHEMA_LEN_MAX)
+        return S_ANY;
+    const struct schema *t = in_part ? part_schema : top_schema;
+    const uint8_t *idx = by_len[in_part ? 1 : 0];
+    for (size_t i = idx[len]; i < idx[len + 1]; i++)
+        if (memcmp(t[i].key, key, len) == 0)
+            return t[i].type;
     return S_ANY;
 }
 
