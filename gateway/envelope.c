@@ -1,11 +1,11 @@
 /*
  * Envelope v1 codec (spec/envelope.md). Encoding writes msgpack straight
- * into a kfg_buf in the forms msgpack-c's packer picks (no callback per
- * piece; msgpack-c still packs the JSON -> msgpack path). Decoding and the JSON conversion read the bytes with a
- * small bounds-checked reader of our own instead of msgpack_unpack: it never
- * allocates for a length the input merely claims, it keeps the exact bytes
- * of values we store raw, and it knows the path of every value for the
- * rejection reason.
+ * into a kfg_buf, in the forms msgpack-c's packer picks (msgpack-c still
+ * packs the JSON -> msgpack path). Decoding and the JSON conversion read the
+ * bytes with a small bounds-checked reader of our own instead of
+ * msgpack_unpack: it never allocates for a length the input merely claims,
+ * it keeps the exact bytes of values we store raw, and it knows the path of
+ * every value for the rejection reason.
  */
 #include "envelope.h"
 
@@ -169,10 +169,25 @@ static inline uint8_t *mp_room(struct kfg_buf *b, size_t n)
     return p;
 }
 
-static inline void put_be(uint8_t *p, uint64_t v, int n)
+static int mp_byte(struct kfg_buf *b, uint8_t c)
 {
-    for (int i = n - 1; i >= 0; i--, v >>= 8)
+    uint8_t *p = mp_room(b, 1);
+    if (!p)
+        return -1;
+    p[0] = c;
+    return 0;
+}
+
+/* tag, then the low n bytes of v, big-endian: every fixed-width form. */
+static int mp_tagged(struct kfg_buf *b, uint8_t tag, uint64_t v, int n)
+{
+    uint8_t *p = mp_room(b, 1 + (size_t)n);
+    if (!p)
+        return -1;
+    p[0] = tag;
+    for (int i = n; i >= 1; i--, v >>= 8)
         p[i] = (uint8_t)v;
+    return 0;
 }
 
 /* A header with a fixed form for n <= fix_max, else 8/16/32-bit counts
@@ -180,27 +195,13 @@ static inline void put_be(uint8_t *p, uint64_t v, int n)
 static int mp_hdr(struct kfg_buf *b, uint8_t fix, size_t fix_max, uint8_t c8, uint8_t c16,
                   uint8_t c32, size_t n)
 {
-    uint8_t *p;
-    if (fix && n <= fix_max) {
-        if (!(p = mp_room(b, 1)))
-            return -1;
-        p[0] = (uint8_t)(fix | n);
-    } else if (c8 && n <= 0xff) {
-        if (!(p = mp_room(b, 2)))
-            return -1;
-        p[0] = c8, p[1] = (uint8_t)n;
-    } else if (n <= 0xffff) {
-        if (!(p = mp_room(b, 3)))
-            return -1;
-        p[0] = c16, put_be(p + 1, n, 2);
-    } else if (n <= 0xffffffffu) {
-        if (!(p = mp_room(b, 5)))
-            return -1;
-        p[0] = c32, put_be(p + 1, n, 4);
-    } else {
-        return -1;
-    }
-    return 0;
+    if (fix && n <= fix_max)
+        return mp_byte(b, (uint8_t)(fix | n));
+    if (c8 && n <= 0xff)
+        return mp_tagged(b, c8, n, 1);
+    if (n <= 0xffff)
+        return mp_tagged(b, c16, n, 2);
+    return n <= 0xffffffffu ? mp_tagged(b, c32, n, 4) : -1;
 }
 
 static int mp_map(struct kfg_buf *b, size_t n) { return mp_hdr(b, 0x80, 15, 0, 0xde, 0xdf, n); }
@@ -228,71 +229,40 @@ static int mp_bin(struct kfg_buf *b, const char *v, size_t n)
 
 static int mp_uint(struct kfg_buf *b, uint64_t u)
 {
-    uint8_t *p;
-    if (u < 0x80) {
-        if (!(p = mp_room(b, 1)))
-            return -1;
-        p[0] = (uint8_t)u;
-        return 0;
-    }
-    int n = u <= 0xff ? 1 : u <= 0xffff ? 2 : u <= 0xffffffffu ? 4 : 8;
-    if (!(p = mp_room(b, 1 + (size_t)n)))
-        return -1;
-    p[0] = n == 1 ? 0xcc : n == 2 ? 0xcd : n == 4 ? 0xce : 0xcf;
-    put_be(p + 1, u, n);
-    return 0;
+    if (u < 0x80)
+        return mp_byte(b, (uint8_t)u);
+    if (u <= 0xff)
+        return mp_tagged(b, 0xcc, u, 1);
+    if (u <= 0xffff)
+        return mp_tagged(b, 0xcd, u, 2);
+    return u <= 0xffffffffu ? mp_tagged(b, 0xce, u, 4) : mp_tagged(b, 0xcf, u, 8);
 }
 
 static int mp_int(struct kfg_buf *b, int64_t i)
 {
     if (i >= 0)
         return mp_uint(b, (uint64_t)i);
-    uint8_t *p;
-    if (i >= -32) {
-        if (!(p = mp_room(b, 1)))
-            return -1;
-        p[0] = (uint8_t)(int8_t)i;
-        return 0;
-    }
-    int n = i >= INT8_MIN ? 1 : i >= INT16_MIN ? 2 : i >= INT32_MIN ? 4 : 8;
-    if (!(p = mp_room(b, 1 + (size_t)n)))
-        return -1;
-    p[0] = n == 1 ? 0xd0 : n == 2 ? 0xd1 : n == 4 ? 0xd2 : 0xd3;
-    put_be(p + 1, (uint64_t)i, n);
-    return 0;
+    if (i >= -32)
+        return mp_byte(b, (uint8_t)(int8_t)i);
+    if (i >= INT8_MIN)
+        return mp_tagged(b, 0xd0, (uint64_t)i, 1);
+    if (i >= INT16_MIN)
+        return mp_tagged(b, 0xd1, (uint64_t)i, 2);
+    return mp_tagged(b, i >= INT32_MIN ? 0xd2 : 0xd3, (uint64_t)i, i >= INT32_MIN ? 4 : 8);
 }
 
 static int mp_double(struct kfg_buf *b, double d)
 {
     uint64_t u;
     memcpy(&u, &d, 8);
-    uint8_t *p = mp_room(b, 9);
-    if (!p)
-        return -1;
-    p[0] = 0xcb;
-    put_be(p + 1, u, 8);
-    return 0;
+    return mp_tagged(b, 0xcb, u, 8);
 }
 
 static int mp_float(struct kfg_buf *b, float f)
 {
     uint32_t u;
     memcpy(&u, &f, 4);
-    uint8_t *p = mp_room(b, 5);
-    if (!p)
-        return -1;
-    p[0] = 0xca;
-    put_be(p + 1, u, 4);
-    return 0;
-}
-
-static int mp_byte(struct kfg_buf *b, uint8_t c)
-{
-    uint8_t *p = mp_room(b, 1);
-    if (!p)
-        return -1;
-    p[0] = c;
-    return 0;
+    return mp_tagged(b, 0xca, u, 4);
 }
 
 struct ent {
