@@ -378,27 +378,38 @@ static int pack_parts(struct kfg_buf *pk, const struct kfg_msg *m);
 static int pack_level(struct kfg_buf *pk, struct ent *ents, size_t n, int in_part,
                       const struct kfg_msg *m)
 {
+    uint64_t dotted[4] = { 0 };     /* first bytes of the dotted keys */
+    size_t ndot = 0;
     for (size_t i = 0; i < n; i++) {
         size_t sl = seg_len(ents[i].rest);
+        unsigned char c = (unsigned char)ents[i].rest[0];
         ents[i].sl = (uint32_t)sl;
-        ents[i].c0 = ents[i].rest[0];
+        ents[i].c0 = (char)c;
         ents[i].dot = ents[i].rest[sl] == '.';
+        if (ents[i].dot) {
+            dotted[c >> 6] |= (uint64_t)1 << (c & 63);
+            ndot++;
+        }
     }
     /* Group entries with the same first segment, at the place of the first
-     * of them. Two leaves never share one (keys are unique), so only pairs
-     * with a dotted key are compared, and by length and first byte first. */
-    size_t groups = 0;
-    for (size_t i = 0; i < n;) {
+     * of them. Two leaves never share one (keys are unique), so only an
+     * entry whose first byte starts some dotted key can have company, and
+     * pairs are compared by length and first byte before their bytes. */
+    size_t groups = ndot ? 0 : n;
+    for (size_t i = 0; ndot && i < n;) {
         size_t k = i + 1;
         const struct ent *a = &ents[i];
-        for (size_t j = i + 1; j < n; j++) {
-            const struct ent *b = &ents[j];
-            if ((!a->dot && !b->dot) || b->sl != a->sl || b->c0 != a->c0 ||
-                memcmp(a->rest, b->rest, a->sl) != 0)
-                continue;
-            struct ent e = ents[j];
-            memmove(&ents[k + 1], &ents[k], (j - k) * sizeof(*ents));
-            ents[k++] = e;
+        unsigned char c = (unsigned char)a->c0;
+        if (dotted[c >> 6] >> (c & 63) & 1) {
+            for (size_t j = i + 1; j < n; j++) {
+                const struct ent *b = &ents[j];
+                if ((!a->dot && !b->dot) || b->sl != a->sl || b->c0 != a->c0 ||
+                    memcmp(a->rest, b->rest, a->sl) != 0)
+                    continue;
+                struct ent e = ents[j];
+                memmove(&ents[k + 1], &ents[k], (j - k) * sizeof(*ents));
+                ents[k++] = e;
+            }
         }
         groups++;
         i = k;
@@ -441,18 +452,24 @@ static int pack_fields(struct kfg_buf *pk, const struct kfg_field *syn, size_t n
     size_t k = 0;
     for (size_t i = 0; i < nsyn; i++)
         ents[k++] = (struct ent){ syn[i].key, &syn[i], 0, 0, 0 };
-    /* Only a key that starts like one of syn's can be shadowed by it. */
+    /* Only a key that starts like one of syn's, and is as long, can be
+     * shadowed by it (most keys start like one: channel_*, sender, ts.*). */
     uint64_t first[4] = { 0 };
+    size_t synlen[16];
     for (size_t i = 0; i < nsyn; i++) {
         unsigned char c = (unsigned char)syn[i].key[0];
         first[c >> 6] |= (uint64_t)1 << (c & 63);
+        synlen[i] = i < 16 ? strlen(syn[i].key) : 0;
     }
     for (size_t i = 0; i < nf; i++) {
         int shadowed = 0;
         unsigned char c = (unsigned char)fs[i].key[0];
-        if (first[c >> 6] >> (c & 63) & 1)
+        if (first[c >> 6] >> (c & 63) & 1) {
+            size_t kl = strlen(fs[i].key);
             for (size_t j = 0; j < nsyn && !shadowed; j++)
-                shadowed = strcmp(syn[j].key, fs[i].key) == 0;
+                shadowed = (j >= 16 || synlen[j] == kl) && syn[j].key[0] == (char)c &&
+                           strcmp(syn[j].key, fs[i].key) == 0;
+        }
         if (!shadowed)
             ents[k++] = (struct ent){ fs[i].key, &fs[i], 0, 0, 0 };
     }
@@ -500,10 +517,10 @@ int kfg_env_encode(const struct kfg_msg *m, struct kfg_buf *out)
     const char *const names[] = { "tenant", "channel", "instance", "dir" };
     const char *const vals[] = { m->tenant, m->channel, m->instance, NULL };
     for (int i = 0; i < 4; i++) {
-        const struct kfg_field *f = kfg_msg_field(m, names[i]);
+        const struct kfg_field *f;
         if (vals[i])
             syn[n++] = syn_str(names[i], vals[i]);
-        else if (f)
+        else if ((f = kfg_msg_field(m, names[i])))
             syn[n++] = *f;
         else if (i == 3)
             syn[n++] = syn_str("dir", KFG_ENV_DIR_IN);

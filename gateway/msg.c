@@ -25,17 +25,31 @@ static int path_overlaps(const char *a, const char *b)
     return (!*a && (!*b || *b == '.')) || (!*b && *a == '.');
 }
 
+/* 1 when a and b are the same key, 2 when one is a map holding the other,
+ * else 0: strcmp and path_overlaps in one pass. */
+static int key_rel(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    if (!*a && !*b)
+        return 1;
+    return (!*a && *b == '.') || (!*b && *a == '.') ? 2 : 0;
+}
+
 int kfg_msg_reserved(const char *key)
 {
     if (!key)
         return 1;
     for (const char *const *k = reserved_keys; *k; k++)
-        if (path_overlaps(*k, key))
+        if ((*k)[0] == key[0] && path_overlaps(*k, key))
             return 1;
     return 0;
 }
 
-int kfg_msg_key_valid(const char *key)
+/* The key's length when it is a valid key, else 0: one pass for both. */
+static size_t key_check(const char *key)
 {
     if (!key || !*key)
         return 0;
@@ -49,7 +63,12 @@ int kfg_msg_key_valid(const char *key)
         }
         prev = *p;
     }
-    return prev != '.' && n <= KFG_MSG_KEY_MAX && segs <= KFG_MSG_KEY_DEPTH;
+    return prev != '.' && n <= KFG_MSG_KEY_MAX && segs <= KFG_MSG_KEY_DEPTH ? n : 0;
+}
+
+int kfg_msg_key_valid(const char *key)
+{
+    return key_check(key) != 0;
 }
 
 static const char *const aliases[][2] = {
@@ -165,7 +184,8 @@ void kfg_msg_free(struct kfg_msg *m)
 static int field_set(struct kfg_msg *m, struct kfg_field **fs, size_t *n, size_t *cap,
                      const struct kfg_field *v)
 {
-    if (!kfg_msg_key_valid(v->key))
+    size_t klen = key_check(v->key);
+    if (!klen)
         return KFG_EINVAL;
     size_t at = *n;
     const char *key = v->key;
@@ -174,11 +194,12 @@ static int field_set(struct kfg_msg *m, struct kfg_field **fs, size_t *n, size_t
         /* Differing first bytes can neither match nor overlap. */
         if (k[0] != key[0])
             continue;
-        if (strcmp(k, key) == 0) {
+        int rel = key_rel(k, key);
+        if (rel == 1) {
             at = i;
             break;
         }
-        if (path_overlaps(k, key))
+        if (rel == 2)
             return KFG_EINVAL;
     }
     int has_bytes = v->type == KFG_F_STR || v->type == KFG_F_RAW;
@@ -206,7 +227,7 @@ static int field_set(struct kfg_msg *m, struct kfg_field **fs, size_t *n, size_t
         *fs = nf;
         *cap = nc;
     }
-    char *k = arena_strndup(m, key, strlen(key));
+    char *k = arena_strndup(m, key, klen);
     char *val = NULL;
     if (k && has_bytes)
         val = arena_strndup(m, v->val ? v->val : "", v->len);
