@@ -463,12 +463,12 @@ static int append(struct pend *p, struct kfg_msg *m)
     struct kfg_str key = kfg_msg_get(m, KFG_ENV_IDEM);
     char kbuf[400];
     size_t klen = 0;
-    if (key.ptr && key.len) {
+    if (key.ptr && key.len && p->t->len + 1 + key.len < sizeof kbuf) {
         /* Keys are per instance: two channels may use the same MsgId. */
-        int n = snprintf(kbuf, sizeof kbuf, "%s%c%.*s", p->t->name, 0, (int)key.len,
-                         key.ptr);
-        if (n > 0 && (size_t)n < sizeof kbuf)
-            klen = (size_t)n;
+        memcpy(kbuf, p->t->name, p->t->len);
+        kbuf[p->t->len] = '\0';
+        memcpy(kbuf + p->t->len + 1, key.ptr, key.len);
+        klen = p->t->len + 1 + key.len;
     }
     p->m = m;
     p->t0 = mono_s();

@@ -311,7 +311,7 @@ static void on_emitted2(void *arg, const struct kfg_emit_result *r)
 {
     struct call *c = arg;
     if (r->result == KFG_OK && r->id)
-        snprintf(c->id, sizeof c->id, "%s", r->id);
+        wx_copy_cut(c->id, sizeof c->id, r->id, strlen(r->id));
     on_emitted(c, r->result, r->seq, r->reason);
 }
 

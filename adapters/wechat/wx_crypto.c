@@ -416,41 +416,56 @@ static int hexv(unsigned char c)
     return -1;
 }
 
-long wx_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap)
+/* One value, percent-decoded once; its length or -3 / -4. */
+static long query_value(const char *v, size_t n, char *out, size_t cap)
 {
-    size_t nlen = strlen(name);
-    long found = -1;
+    size_t o = 0;
+    for (size_t j = 0; j < n; j++) {
+        unsigned char c = (unsigned char)v[j];
+        if (c == '%') {
+            if (j + 2 >= n)
+                return -3;
+            int hi = hexv((unsigned char)v[j + 1]), lo = hexv((unsigned char)v[j + 2]);
+            if (hi < 0 || lo < 0)
+                return -3;
+            c = (unsigned char)(hi * 16 + lo);
+            j += 2;
+        }
+        if (o == cap)
+            return -4;
+        out[o++] = (char)c;
+    }
+    return (long)o;
+}
+
+void wx_query_scan(const char *q, size_t qlen, struct wx_qparam *ps, size_t np)
+{
+    for (size_t k = 0; k < np; k++)
+        ps[k].got = -1;
     size_t i = 0;
     while (i < qlen) {
         const char *amp = memchr(q + i, '&', qlen - i);
         size_t end = amp ? (size_t)(amp - q) : qlen;
+        const char *eq = memchr(q + i, '=', end - i);
+        size_t nlen = eq ? (size_t)(eq - (q + i)) : end - i;
         /* Names are matched raw: WeChat's are plain ASCII. */
-        if (end - i >= nlen + 1 && memcmp(q + i, name, nlen) == 0 && q[i + nlen] == '=') {
-            if (found != -1)
-                return -2;
-            size_t n = 0;
-            for (size_t j = i + nlen + 1; j < end; j++) {
-                unsigned char c = (unsigned char)q[j];
-                if (c == '%') {
-                    if (j + 2 >= end || hexv((unsigned char)q[j + 1]) < 0 ||
-                        hexv((unsigned char)q[j + 2]) < 0)
-                        return -3;
-                    c = (unsigned char)(hexv((unsigned char)q[j + 1]) * 16 +
-                                        hexv((unsigned char)q[j + 2]));
-                    j += 2;
-                }
-                if (n == cap)
-                    return -4;
-                out[n++] = (char)c;
-            }
-            found = (long)n;
-        } else if (end - i == nlen && memcmp(q + i, name, nlen) == 0) {
-            /* "name" without '=': present, empty */
-            if (found != -1)
-                return -2;
-            found = 0;
+        for (size_t k = 0; k < np; k++) {
+            struct wx_qparam *p = &ps[k];
+            if (p->nlen != nlen || memcmp(q + i, p->name, nlen) != 0)
+                continue;
+            if (p->got >= 0)
+                p->got = -2;
+            else if (p->got == -1)     /* "name" without '=': present, empty */
+                p->got = eq ? query_value(eq + 1, end - nlen - i - 1, p->out, p->cap) : 0;
+            break;
         }
         i = end + 1;
     }
-    return found;
+}
+
+long wx_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap)
+{
+    struct wx_qparam p = { name, strlen(name), out, cap, -1 };
+    wx_query_scan(q, qlen, &p, 1);
+    return p.got;
 }

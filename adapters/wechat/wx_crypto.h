@@ -103,4 +103,15 @@ int wx_random_alnum(char *buf, size_t n);
 long wx_query_get(const char *q, size_t qlen, const char *name,
                   char *out, size_t cap);
 
+/* Several parameters in one pass over the query: for each, got is what
+ * wx_query_get would return for it (the value decoded into out). */
+struct wx_qparam {
+    const char *name;
+    size_t nlen;
+    char *out;
+    size_t cap;
+    long got;
+};
+void wx_query_scan(const char *q, size_t qlen, struct wx_qparam *ps, size_t np);
+
 #endif /* WX_CRYPTO_H */

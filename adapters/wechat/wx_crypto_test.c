@@ -369,6 +369,36 @@ static void test_query(void **st)
     assert_int_equal(wx_query_get("", 0, "a", v, sizeof v), -1);
 }
 
+/* One pass over the query gives every parameter what wx_query_get gives it
+ * alone, its error included, whatever the others hold. */
+static void test_query_scan(void **st)
+{
+    (void)st;
+    const char *qs[] = {
+        "signature=abc&timestamp=1409659813&nonce=13%2B7&echostr=a+b%2Fc%3D%3D&empty=&flag",
+        "a=1&b=%zz&a=2&c=%41%42&d",
+        "b=%4&c=12345678&c=1&sign=x&signature",
+        "",
+        "&&a=&=x&b==y",
+    };
+    const char *names[] = { "signature", "nonce", "echostr", "empty", "flag", "missing",
+                            "a", "b", "c", "d", "sign", "timestamp" };
+    enum { NN = sizeof names / sizeof names[0] };
+    for (size_t t = 0; t < sizeof qs / sizeof qs[0]; t++) {
+        char outs[NN][8], one[8];
+        struct wx_qparam ps[NN];
+        for (size_t k = 0; k < NN; k++)
+            ps[k] = (struct wx_qparam){ names[k], strlen(names[k]), outs[k], 6, 99 };
+        wx_query_scan(qs[t], strlen(qs[t]), ps, NN);
+        for (size_t k = 0; k < NN; k++) {
+            long want = wx_query_get(qs[t], strlen(qs[t]), names[k], one, 6);
+            assert_int_equal(ps[k].got, want);
+            if (want > 0)
+                assert_memory_equal(outs[k], one, (size_t)want);
+        }
+    }
+}
+
 static void test_random(void **st)
 {
     (void)st;
@@ -391,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_encrypt_roundtrip),
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_query),
+        cmocka_unit_test(test_query_scan),
         cmocka_unit_test(test_random),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

@@ -31,23 +31,6 @@ void wx_req_free(struct wx_req *r)
     r->plainbuf = NULL;
 }
 
-/* A query value into buf (NUL-terminated); 1 ok, 0 absent; -1 malformed. */
-static int qget(const char *q, size_t qlen, const char *name, char *buf, size_t cap,
-                size_t *len)
-{
-    long n = wx_query_get(q, qlen, name, buf, cap - 1);
-    if (n == -1) {
-        buf[0] = '\0';
-        *len = 0;
-        return 0;
-    }
-    if (n < 0)
-        return -1;
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return 1;
-}
-
 struct q {
     char sig[SIG_CAP], msig[SIG_CAP], ts[32], nonce[80], etype[16];
     size_t sig_n, msig_n, ts_n, nonce_n, etype_n;
@@ -57,28 +40,51 @@ struct q {
     int has_echo;
 };
 
-/* Reads the parameters every form may use; -1 names a malformed one. */
+/* A scanned parameter into buf (NUL-terminated); 1 ok, 0 absent; -1 malformed. */
+static int qput(const struct wx_qparam *p, size_t *len)
+{
+    if (p->got == -1) {
+        p->out[0] = '\0';
+        *len = 0;
+        return 0;
+    }
+    if (p->got < 0)
+        return -1;
+    p->out[p->got] = '\0';
+    *len = (size_t)p->got;
+    return 1;
+}
+
+#define QP(name, buf, cap) { name, sizeof(name) - 1, buf, (cap) - 1, -1 }
+
+/* Reads the parameters every form may use, in one pass over the query; -1
+ * names a malformed one (the first in this order). */
 static int read_query(const char *q, size_t qlen, struct q *v, int want_echo,
                       const char **bad)
 {
-    int r;
-    if ((r = qget(q, qlen, "signature", v->sig, sizeof v->sig, &v->sig_n)) < 0)
-        return *bad = "bad query parameter 'signature'", -1;
-    v->has_sig = r;
-    if ((r = qget(q, qlen, "msg_signature", v->msig, sizeof v->msig, &v->msig_n)) < 0)
-        return *bad = "bad query parameter 'msg_signature'", -1;
-    v->has_msig = r;
-    if (qget(q, qlen, "timestamp", v->ts, sizeof v->ts, &v->ts_n) < 0)
-        return *bad = "bad query parameter 'timestamp'", -1;
-    if (qget(q, qlen, "nonce", v->nonce, sizeof v->nonce, &v->nonce_n) < 0)
-        return *bad = "bad query parameter 'nonce'", -1;
-    if ((r = qget(q, qlen, "encrypt_type", v->etype, sizeof v->etype, &v->etype_n)) < 0)
-        return *bad = "bad query parameter 'encrypt_type'", -1;
-    v->has_etype = r;
-    if (want_echo) {
-        if ((r = qget(q, qlen, "echostr", v->echo, ECHO_CAP, &v->echo_n)) < 0)
-            return *bad = "bad query parameter 'echostr'", -1;
-        v->has_echo = r;
+    struct wx_qparam ps[] = {
+        QP("signature", v->sig, sizeof v->sig),
+        QP("msg_signature", v->msig, sizeof v->msig),
+        QP("timestamp", v->ts, sizeof v->ts),
+        QP("nonce", v->nonce, sizeof v->nonce),
+        QP("encrypt_type", v->etype, sizeof v->etype),
+        QP("echostr", v->echo, ECHO_CAP),
+    };
+    static const char *const why[] = {
+        "bad query parameter 'signature'", "bad query parameter 'msg_signature'",
+        "bad query parameter 'timestamp'", "bad query parameter 'nonce'",
+        "bad query parameter 'encrypt_type'", "bad query parameter 'echostr'",
+    };
+    size_t *lens[] = { &v->sig_n, &v->msig_n, &v->ts_n, &v->nonce_n, &v->etype_n, &v->echo_n };
+    int *has[] = { &v->has_sig, &v->has_msig, NULL, NULL, &v->has_etype, &v->has_echo };
+    size_t np = want_echo ? 6 : 5;
+    wx_query_scan(q, qlen, ps, np);
+    for (size_t k = 0; k < np; k++) {
+        int r = qput(&ps[k], lens[k]);
+        if (r < 0)
+            return *bad = why[k], -1;
+        if (has[k])
+            *has[k] = r;
     }
     return 0;
 }
@@ -600,7 +606,7 @@ int wx_build_msg(const struct kfg_host *h, struct kfg_instance *ins,
 
     copy_id(info->from, from, fromn);
     copy_id(info->to, to, ton);
-    snprintf(info->msg_type, sizeof info->msg_type, "%.*s", (int)(mtn < 31 ? mtn : 31), mt);
+    wx_copy_cut(info->msg_type, sizeof info->msg_type, mt, mtn < 31 ? mtn : 31);
 
     struct kfg_msg *m = NULL;
     struct ctx c = {h, NULL, x, KFG_OK};
@@ -638,7 +644,7 @@ int wx_build_msg(const struct kfg_host *h, struct kfg_instance *ins,
         if (c.rc == KFG_OK) {
             if (!is_event && msgid && midn) {
                 c.rc = kfg_env_set_idem(h, m, msgid, midn);
-                snprintf(info->idem, sizeof info->idem, "%.*s", (int)midn, msgid);
+                wx_copy_cut(info->idem, sizeof info->idem, msgid, midn);
             } else {
                 size_t tokn = 0;
                 const char *tok = tf(x, "Token", &tokn);
@@ -653,7 +659,7 @@ int wx_build_msg(const struct kfg_host *h, struct kfg_instance *ins,
                 c.rc = kfg_env_set_idem_parts(h, m, parts, np);
                 struct kfg_str got = h->msg_get(m, KFG_ENV_IDEM);
                 if (got.ptr)
-                    snprintf(info->idem, sizeof info->idem, "%.*s", (int)got.len, got.ptr);
+                    wx_copy_cut(info->idem, sizeof info->idem, got.ptr, got.len);
             }
         }
 

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <kfgate/plugin.h>
 
@@ -67,6 +68,19 @@ void wx_req_free(struct wx_req *r);
 
 /* What the mapping learned about the message, for the reply. */
 #define WX_ID_MAX 256
+
+/* n bytes of p (which holds no NUL) into dst of cap bytes, cut to fit,
+ * NUL-terminated: snprintf's "%.*s" without its cost on the hot path. */
+static inline void wx_copy_cut(char *dst, size_t cap, const char *p, size_t n)
+{
+    if (!cap)
+        return;
+    if (n >= cap)
+        n = cap - 1;
+    if (n)
+        memcpy(dst, p, n);
+    dst[n] = '\0';
+}
 struct wx_info {
     int is_event;
     int unknown;                 /* published as event "wechat_unknown" */
