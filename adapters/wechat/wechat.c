@@ -1007,6 +1007,10 @@ static int wx_init(struct kfg_instance *ins, const struct kfg_host *host, void *
         return KFG_ENOMEM;
     if (pthread_mutex_init(&wx->lock, NULL) != 0)
         return KFG_ENOMEM;
+    /* Last: init fails before it, or destroy frees it. Without it (no
+     * memory), every message makes its own AES context. */
+    if (wx->conf.has_key)
+        wx->conf.aes = wx_aes_new(wx->conf.key);
     wx_xml_init();
     return KFG_OK;
 }
@@ -1068,6 +1072,8 @@ static void wx_destroy(void *ctx)
         j = n;
     }
     wx->jobs = NULL;
+    wx_aes_free(wx->conf.aes);
+    wx->conf.aes = NULL;
     pthread_mutex_destroy(&wx->lock);
 }
 

@@ -57,6 +57,7 @@ int main(int argc, char **argv)
                         .rid_len = 18};
     wx_xml_init();
     wx_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", 43, c.key);
+    c.aes = wx_aes_new(c.key);             /* as the plugin does, once per instance */
     static char q[POOL][512], body[POOL][2048];
     static size_t qlen[POOL], blen[POOL];
     for (int k = 0; k < POOL; k++) {

@@ -281,16 +281,70 @@ int wx_aes_key(const char *k, size_t len, unsigned char key[32])
 /* ------------------------------------------------------------------------ */
 /* AES frames */
 
-static int aes_cbc(const unsigned char key[32], int enc, const unsigned char *in,
-                   size_t len, unsigned char *out)
+struct wx_aes {
+    unsigned char key[32];
+    pthread_mutex_t mu[2];          /* [0] decrypt, [1] encrypt */
+    EVP_CIPHER_CTX *ctx[2];
+};
+
+static int aes_init(EVP_CIPHER_CTX *c, const unsigned char key[32], int enc)
 {
-    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    /* WXBizMsgCrypt: the IV is the key's first 16 bytes; no EVP padding. */
+    return EVP_CipherInit_ex(c, alg_aes(), NULL, key, key, enc) == 1 &&
+           EVP_CIPHER_CTX_set_padding(c, 0) == 1;
+}
+
+struct wx_aes *wx_aes_new(const unsigned char key[32])
+{
+    struct wx_aes *a = calloc(1, sizeof(*a));
+    if (!a)
+        return NULL;
+    memcpy(a->key, key, 32);
+    for (int e = 0; e < 2; e++) {
+        pthread_mutex_init(&a->mu[e], NULL);
+        a->ctx[e] = EVP_CIPHER_CTX_new();
+        if (!a->ctx[e] || !aes_init(a->ctx[e], key, e)) {
+            EVP_CIPHER_CTX_free(a->ctx[e]);
+            a->ctx[e] = NULL;
+        }
+    }
+    return a;
+}
+
+void wx_aes_free(struct wx_aes *a)
+{
+    if (!a)
+        return;
+    for (int e = 0; e < 2; e++) {
+        EVP_CIPHER_CTX_free(a->ctx[e]);
+        pthread_mutex_destroy(&a->mu[e]);
+    }
+    OPENSSL_cleanse(a->key, sizeof a->key);
+    free(a);
+}
+
+static int aes_run(EVP_CIPHER_CTX *c, const unsigned char *in, size_t len, unsigned char *out)
+{
     int n1 = 0, n2 = 0;
-    int ok = c && len <= INT32_MAX &&
-             EVP_CipherInit_ex(c, alg_aes(), NULL, key, key, enc) == 1 &&
-             EVP_CIPHER_CTX_set_padding(c, 0) == 1 &&
-             EVP_CipherUpdate(c, out, &n1, in, (int)len) == 1 &&
-             EVP_CipherFinal_ex(c, out + n1, &n2) == 1 && (size_t)(n1 + n2) == len;
+    return EVP_CipherUpdate(c, out, &n1, in, (int)len) == 1 &&
+           EVP_CipherFinal_ex(c, out + n1, &n2) == 1 && (size_t)(n1 + n2) == len;
+}
+
+static int aes_cbc(const unsigned char key[32], struct wx_aes *a, int enc,
+                   const unsigned char *in, size_t len, unsigned char *out)
+{
+    if (len > INT32_MAX)
+        return -1;
+    if (a && a->ctx[enc] && memcmp(a->key, key, 32) == 0 &&
+        pthread_mutex_trylock(&a->mu[enc]) == 0) {
+        /* Same cipher, key and direction: only the IV starts over. */
+        int ok = EVP_CipherInit_ex(a->ctx[enc], NULL, NULL, NULL, key, -1) == 1 &&
+                 aes_run(a->ctx[enc], in, len, out);
+        pthread_mutex_unlock(&a->mu[enc]);
+        return ok ? 0 : -1;
+    }
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int ok = c && aes_init(c, key, enc) && aes_run(c, in, len, out);
     EVP_CIPHER_CTX_free(c);
     return ok ? 0 : -1;
 }
@@ -298,6 +352,13 @@ static int aes_cbc(const unsigned char key[32], int enc, const unsigned char *in
 int wx_decrypt(const unsigned char key[32], const char *b64, size_t b64_len,
                const char *receive_id, size_t rid_len,
                unsigned char **buf, size_t *msg_off, size_t *msg_len)
+{
+    return wx_decrypt_with(key, NULL, b64, b64_len, receive_id, rid_len, buf, msg_off, msg_len);
+}
+
+int wx_decrypt_with(const unsigned char key[32], struct wx_aes *aes, const char *b64,
+                    size_t b64_len, const char *receive_id, size_t rid_len,
+                    unsigned char **buf, size_t *msg_off, size_t *msg_len)
 {
     *buf = NULL;
     *msg_off = *msg_len = 0;
@@ -318,7 +379,7 @@ int wx_decrypt(const unsigned char key[32], const char *b64, size_t b64_len,
     rc = WX_DECRYPT_AES;
     if (ctlen < 32 || ctlen % 32)
         goto fail;
-    if (aes_cbc(key, 0, pt, ctlen, pt) != 0)
+    if (aes_cbc(key, aes, 0, pt, ctlen, pt) != 0)
         goto fail;
     size_t p = pt[ctlen - 1];
     if (p < 1 || p > 32)
@@ -356,6 +417,14 @@ int wx_encrypt(const unsigned char key[32], const unsigned char random16[16],
                const char *receive_id, size_t rid_len,
                char **out, size_t *out_len)
 {
+    return wx_encrypt_with(key, NULL, random16, msg, msg_len, receive_id, rid_len, out,
+                           out_len);
+}
+
+int wx_encrypt_with(const unsigned char key[32], struct wx_aes *aes,
+                    const unsigned char random16[16], const char *msg, size_t msg_len,
+                    const char *receive_id, size_t rid_len, char **out, size_t *out_len)
+{
     *out = NULL;
     *out_len = 0;
     if (msg_len > UINT32_MAX || msg_len > SIZE_MAX / 2 - rid_len - 64)
@@ -380,7 +449,7 @@ int wx_encrypt(const unsigned char key[32], const unsigned char random16[16],
     if (rid_len)
         memcpy(f + 20 + msg_len, receive_id, rid_len);
     memset(f + flen, (int)pad, pad);
-    if (aes_cbc(key, 1, f, total, f) != 0) {
+    if (aes_cbc(key, aes, 1, f, total, f) != 0) {
         free(f), free(b);
         return WX_ENCRYPT_AES;
     }

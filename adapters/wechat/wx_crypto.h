@@ -76,9 +76,22 @@ int wx_aes_key(const char *encoding_aes_key, size_t len, unsigned char key[32]);
  * On WX_OK *buf is a malloc'd buffer the caller frees, and the message is
  * (*buf)[*msg_off .. *msg_off + *msg_len), followed by a NUL. On error *buf
  * is NULL. */
+/* AES-256-CBC contexts made once for one key (an instance's), so that a
+ * message costs no context allocation and no key expansion. Thread-safe:
+ * a context another thread is using is not waited for, that call makes a
+ * fresh one. wx_aes_new returns NULL when out of memory; every function
+ * that takes one also works with NULL (a context per call). */
+struct wx_aes;
+struct wx_aes *wx_aes_new(const unsigned char key[32]);
+void wx_aes_free(struct wx_aes *a);
+
 int wx_decrypt(const unsigned char key[32], const char *b64, size_t b64_len,
                const char *receive_id, size_t rid_len,
                unsigned char **buf, size_t *msg_off, size_t *msg_len);
+/* The same with aes: NULL, or made from the same key. */
+int wx_decrypt_with(const unsigned char key[32], struct wx_aes *aes, const char *b64,
+                    size_t b64_len, const char *receive_id, size_t rid_len,
+                    unsigned char **buf, size_t *msg_off, size_t *msg_len);
 
 /* Encrypts msg into the base64 text of a frame random16 || len32 || msg ||
  * receive_id, padded to a multiple of 32 (a full block of 0x20 when
@@ -88,6 +101,9 @@ int wx_encrypt(const unsigned char key[32], const unsigned char random16[16],
                const char *msg, size_t msg_len,
                const char *receive_id, size_t rid_len,
                char **out, size_t *out_len);
+int wx_encrypt_with(const unsigned char key[32], struct wx_aes *aes,
+                    const unsigned char random16[16], const char *msg, size_t msg_len,
+                    const char *receive_id, size_t rid_len, char **out, size_t *out_len);
 
 /* Fills buf with n random printable characters [A-Za-z0-9] (RAND_bytes).
  * Returns 0, or -1 if the RNG failed. */

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -314,6 +315,74 @@ static void test_encrypt_roundtrip(void **st)
     free(out);
 }
 
+/* An instance's reused contexts give the bytes a fresh context gives, for
+ * every message in turn (the IV starts over each time), also when the
+ * context is busy or was made for another key (then a fresh one is used). */
+struct aes_job {
+    struct wx_aes *aes;
+    int bad;
+};
+
+static void *aes_worker(void *arg)
+{
+    struct aes_job *j = arg;
+    const unsigned char rnd[16] = "0123456789abcdef";
+    for (size_t len = 0; len < 400; len++) {
+        char msg[512];
+        for (size_t i = 0; i < len; i++)
+            msg[i] = (char)('a' + (i * 7 + len) % 26);
+        char *a, *b;
+        size_t an, bn;
+        unsigned char *buf = NULL;
+        size_t off, n;
+        if (wx_encrypt(key, rnd, msg, len, S(CORP), &a, &an) != WX_OK ||
+            wx_encrypt_with(key, j->aes, rnd, msg, len, S(CORP), &b, &bn) != WX_OK) {
+            j->bad++;
+            continue;
+        }
+        if (an != bn || memcmp(a, b, an) != 0 ||
+            wx_decrypt_with(key, j->aes, b, bn, S(CORP), &buf, &off, &n) != WX_OK ||
+            n != len || memcmp(buf + off, msg, len) != 0)
+            j->bad++;
+        free(buf);
+        free(a);
+        free(b);
+    }
+    return NULL;
+}
+
+static void test_aes_reused(void **st)
+{
+    (void)st;
+    struct wx_aes *aes = wx_aes_new(key);
+    assert_non_null(aes);
+    struct aes_job one = { aes, 0 };
+    aes_worker(&one);
+    assert_int_equal(one.bad, 0);
+    /* four threads on one instance's contexts */
+    pthread_t th[4];
+    struct aes_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (struct aes_job){ aes, 0 };
+        assert_int_equal(pthread_create(&th[i], NULL, aes_worker, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(jobs[i].bad, 0);
+    }
+    wx_aes_free(aes);
+    /* contexts of another key are not used for this one */
+    unsigned char other[32];
+    memcpy(other, key, 32);
+    other[0] ^= 1;
+    struct wx_aes *wrong = wx_aes_new(other);
+    struct aes_job w = { wrong, 0 };
+    aes_worker(&w);
+    assert_int_equal(w.bad, 0);
+    wx_aes_free(wrong);
+    wx_aes_free(NULL);
+}
+
 static void test_base64(void **st)
 {
     (void)st;
@@ -420,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_decrypt_negatives),
         cmocka_unit_test(test_encrypt_roundtrip),
         cmocka_unit_test(test_base64),
+        cmocka_unit_test(test_aes_reused),
         cmocka_unit_test(test_query),
         cmocka_unit_test(test_query_scan),
         cmocka_unit_test(test_random),

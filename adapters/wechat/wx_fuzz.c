@@ -58,6 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         conf.receive_id = "wx5823bf96d3bd56c7";
         conf.rid_len = strlen(conf.receive_id);
         wx_aes_key("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", 43, conf.key);
+        conf.aes = wx_aes_new(conf.key);     /* as the plugin runs: reused contexts */
         inited = 1;
     }
     if (size < 1)

@@ -115,7 +115,7 @@ static void encrypted_post(const struct wx_conf *c, const struct q *v, const cha
     }
     /* 3-6. base64, AES and padding, frame, receive id. */
     size_t off, n;
-    int rc = wx_decrypt(c->key, enc->val, enc->len, c->receive_id, c->rid_len,
+    int rc = wx_decrypt_with(c->key, c->aes, enc->val, enc->len, c->receive_id, c->rid_len,
                         &r->plainbuf, &off, &n);
     wx_xml_free(&outer);
     if (rc != WX_OK) {
@@ -198,7 +198,8 @@ void wx_request(const struct wx_conf *c, const char *method, size_t mlen,
         }
         unsigned char *pb;
         size_t off, n;
-        int rc = wx_decrypt(c->key, echo, v.echo_n, c->receive_id, c->rid_len, &pb, &off, &n);
+        int rc = wx_decrypt_with(c->key, c->aes, echo, v.echo_n, c->receive_id, c->rid_len, &pb,
+                                 &off, &n);
         free(echo);
         if (rc != WX_OK) {
             reject(r, 400, rc, "cannot decrypt echostr (URL verification)");

@@ -34,6 +34,7 @@ struct wx_conf {
     size_t token_len;
     int has_key;
     unsigned char key[32];
+    struct wx_aes *aes;          /* NULL, or wx_aes_new(key), owned by the user */
     const char *receive_id;      /* AppID / CorpID; may be "" */
     size_t rid_len;
 };

@@ -150,7 +150,8 @@ int wx_reply_encrypt(const struct wx_conf *c, const char *xml, size_t len, int64
         nonce[0] = '1';
     char *enc;
     size_t enc_len;
-    int rc = wx_encrypt(c->key, rnd, xml, len, c->receive_id, c->rid_len, &enc, &enc_len);
+    int rc = wx_encrypt_with(c->key, c->aes, rnd, xml, len, c->receive_id, c->rid_len, &enc,
+                             &enc_len);
     if (rc != WX_OK)
         return rc;
     char ts[24];
