@@ -154,9 +154,7 @@ static void conn_close(struct conn *c)
     else
         n_connecting--;
     close(c->fd);
-    free(c->rbuf);
-    free(c->wbuf);
-    c->rbuf = c->wbuf = NULL;
+    /* The buffers stay with the slot: handshake mode reuses it at once. */
     c->state = S_FREE;
     c->fd = -1;
 }
@@ -257,11 +255,12 @@ static int open_one(struct conn *c, uint64_t idx)
         err_connect++;
         return -1;
     }
+    char *rbuf = c->rbuf, *wbuf = c->wbuf;
     memset(c, 0, sizeof *c);
     c->fd = fd;
     c->state = S_CONNECTING;
-    c->rbuf = malloc(RBUF);
-    c->wbuf = malloc(WBUF);
+    c->rbuf = rbuf ? rbuf : malloc(RBUF);
+    c->wbuf = wbuf ? wbuf : malloc(WBUF);
     make_key(c);
     char req[1024];
     int n = snprintf(req, sizeof req,
@@ -272,9 +271,23 @@ static int open_one(struct conn *c, uint64_t idx)
                      o.origin ? "Origin: " : "", o.origin ? o.origin : "", o.origin ? "\r\n" : "",
                      o.protocol ? "Sec-WebSocket-Protocol: " : "", o.protocol ? o.protocol : "",
                      o.protocol ? "\r\n" : "");
-    queue(c, req, (size_t)n);
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)(c - cs) };
-    c->want_out = 1;
+    /* On loopback the connection is usually up when connect returns: send
+     * the request now and wait for writability only if it is not (a send
+     * on a socket still connecting fails with EAGAIN). */
+    ssize_t sent = send(fd, req, (size_t)n, MSG_NOSIGNAL);
+    if (sent < 0 && errno != EAGAIN && errno != ENOTCONN) {
+        close(fd);
+        c->state = S_FREE;
+        err_connect++;
+        return -1;
+    }
+    if (sent < 0)
+        sent = 0;
+    if (sent < n)
+        queue(c, req + sent, (size_t)(n - sent));
+    struct epoll_event ev = { .events = EPOLLIN | (c->wlen ? EPOLLOUT : 0),
+                              .data.u32 = (uint32_t)(c - cs) };
+    c->want_out = c->wlen != 0;
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     n_connecting++;
     return 0;

@@ -150,6 +150,7 @@ struct kfg_header {
 };
 
 /* What req_upgrade hands over. The plugin owns fd from then on (close it);
+ * fd is a connected socket, already non-blocking and close-on-exec;
  * `pending` are bytes the client sent after the request head, which the
  * plugin must treat as the first input on fd; valid until the handler
  * returns. */
