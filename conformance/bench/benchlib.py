@@ -36,6 +36,18 @@ def start_pinned(argv, **kw):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
+def start_evhttp_hello(tmp, port):
+    """The HTTP floor every HTTP benchmark is read against: a bare libevent
+    evhttp server (evhttp_hello.c) answering any request with a short 200,
+    built once into tmp, started pinned."""
+    exe = os.path.join(tmp, "evhttp_hello")
+    if not os.path.exists(exe):
+        subprocess.run(["cc", "-O2", "-o", exe, os.path.join(ROOT, "conformance", "bench",
+                                                             "evhttp_hello.c"), "-levent"],
+                       check=True)
+    return start_pinned([exe, str(port)])
+
+
 def stop(p):
     p.terminate()
     try:

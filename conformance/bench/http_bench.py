@@ -4,7 +4,6 @@ wrk with keep-alive, next to a bare libevent evhttp "hello" and nginx
 kfgate, one worker loop."""
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -39,10 +38,7 @@ path = "/example/"
 
 
 def evhttp(tmp, port):
-    exe = os.path.join(tmp, "evhttp_hello")
-    subprocess.run(["cc", "-O2", "-o", exe, f"{B.ROOT}/conformance/bench/evhttp_hello.c",
-                    "-levent"], check=True)
-    return B.start_pinned([exe, str(port)])
+    return B.start_evhttp_hello(tmp, port)
 
 
 def nginx(tmp, port):

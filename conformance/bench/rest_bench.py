@@ -95,11 +95,7 @@ api_keys = ["{KEY}"]
 
 
 def evhttp(tmp, port):
-    exe = os.path.join(tmp, "evhttp_hello")
-    if not os.path.exists(exe):
-        subprocess.run(["cc", "-O2", "-o", exe, f"{B.ROOT}/conformance/bench/evhttp_hello.c",
-                        "-levent"], check=True)
-    return B.start_pinned([exe, str(port)]), None
+    return B.start_evhttp_hello(tmp, port), None
 
 
 def node(tmp, port):
