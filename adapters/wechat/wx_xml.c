@@ -13,24 +13,27 @@ void wx_xml_init(void)
     xmlInitParser();
 }
 
-/* Case-insensitive search for "<!doctype". */
+/* Case-insensitive search for "<!doctype". By its '!', which a WeChat
+ * document holds only in "<![CDATA[" (a '<' would be met every tag). */
 static int has_doctype(const char *s, size_t n)
 {
-    static const char pat[] = "<!doctype";
+    static const char pat[] = "doctype";
     const size_t m = sizeof pat - 1;
     const char *p = s, *end = s + n;
-    while ((size_t)(end - p) >= m && (p = memchr(p, '<', (size_t)(end - p - (ptrdiff_t)m + 1)))) {
-        size_t k = 1;
-        while (k < m) {
-            char c = p[k];
-            if (c >= 'A' && c <= 'Z')
-                c = (char)(c - 'A' + 'a');
-            if (c != pat[k])
-                break;
-            k++;
+    while (p < end && (p = memchr(p, '!', (size_t)(end - p))) != NULL) {
+        if (p > s && p[-1] == '<' && (size_t)(end - p - 1) >= m) {
+            size_t k = 0;
+            while (k < m) {
+                char c = p[1 + k];
+                if (c >= 'A' && c <= 'Z')
+                    c = (char)(c - 'A' + 'a');
+                if (c != pat[k])
+                    break;
+                k++;
+            }
+            if (k == m)
+                return 1;
         }
-        if (k == m)
-            return 1;
         p++;
     }
     return 0;

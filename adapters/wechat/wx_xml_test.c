@@ -101,6 +101,17 @@ static void test_refusals(void **st)
     expect_refused("<!DocType xml SYSTEM \"http://127.0.0.1/x.dtd\"><xml><A>1</A></xml>");
     expect_refused("<!DOCTYPE xml [<!ENTITY a \"aaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;\">]>"
                    "<xml><A>&b;</A></xml>");
+    /* found by its '!' wherever it is, even inside CDATA text */
+    expect_refused("<xml><A><![CDATA[x<!DOCTYPE]]></A></xml>");
+    expect_refused("<xml><A>1</A></xml><!dOcTyPe");
+    /* '!' elsewhere, "<!" without doctype, a cut-off spelling: parsed */
+    struct wx_xml bang;
+    assert_int_equal(wx_xml_parse(S("<xml><A><![CDATA[wow!! <!doc !doctype]]></A></xml>"),
+                                  &bang), WX_OK);
+    assert_string_equal(wx_xml_get(&bang, "A")->val, "wow!! <!doc !doctype");
+    wx_xml_free(&bang);
+    assert_int_equal(wx_xml_parse(S("<xml><A><![CDATA[<!doctyp]]></A></xml>"), &bang), WX_OK);
+    wx_xml_free(&bang);
     /* an entity that was never declared */
     expect_refused("<xml><Content>&xxe;</Content></xml>");
     /* wrong root, namespaced root, not XML, truncated, two roots, empty */
