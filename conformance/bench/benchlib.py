@@ -37,7 +37,7 @@ def start_pinned(argv, **kw):
 
 
 def start_evhttp_hello(tmp, port):
-    """The HTTP floor every HTTP benchmark is read against: a bare libevent
+    """The reference the HTTP benchmarks are read against: a bare libevent
     evhttp server (evhttp_hello.c) answering any request with a short 200,
     built once into tmp, started pinned."""
     exe = os.path.join(tmp, "evhttp_hello")

@@ -9,9 +9,11 @@ wrk -t1 -c64 pinned to CPU 0, with a Lua script sending each request from a
 pre-generated pool of distinct messages (distinct MsgIds: the dedupe never
 short-circuits; a fresh journal for every kfgate run). kfgate runs with
 the default journal policy (fsync = "interval") and with fsync = "never".
-A bare evhttp server answering the same POSTs with no work is the floor
-(the last row): on 2 loopback cores wrk and the kernel's TCP path cost most
-of a request, so no server's callbacks/s or p99 can beat that row here.
+A bare libevent evhttp server answering the same POSTs with no work is a
+reference (the last row): what the load generator, the kernel's loopback
+TCP and a plain libevent HTTP server cost by themselves. It is not a floor
+for kfgate, whose own HTTP server answers a GET about twice as fast as
+evhttp (http_bench.py).
 Median (min-max) of 3; BENCH_SECONDS sets the run length."""
 import base64
 import hashlib
@@ -100,8 +102,8 @@ def evhttp(tmp, port, _):
     return B.start_evhttp_hello(tmp, port)
 
 
-# The evhttp row is the floor: the same wrk script and POSTs, answered with a
-# bare 200 and no work at all. Neither callbacks/s nor p99 can beat it here.
+# The evhttp row is a reference: the same wrk script and POSTs, answered with
+# a bare 200 and no work at all.
 SERVERS = [('kfgate wechat (fsync "interval", the default)', kfgate, "interval"),
            ('kfgate wechat (fsync "never")', kfgate, "never"),
            ("Node.js (@wecom/crypto + fast-xml-parser + @msgpack/msgpack)", node, None),
