@@ -396,10 +396,24 @@ static void call_finish(struct call *c)
         if (!c->batch && c->it[0].result == KFG_OK) {
             /* The common answer, without building a JSON tree: the id is
              * hex and dashes, nothing to escape. */
-            body = malloc(96);
-            if (body)
-                snprintf(body, 96, "{\"id\":\"%s\",\"seq\":%llu,\"status\":\"accepted\"}",
-                         c->it[0].id, (unsigned long long)c->it[0].seq);
+            body = malloc(128);     /* 7 + id < 40 + 9 + 20 digits + 22 */
+            if (body) {
+                static const char a[] = "{\"id\":\"", b[] = "\",\"seq\":",
+                                  z[] = ",\"status\":\"accepted\"}";
+                char dg[20];
+                size_t nd = 0, o = 0, il = strlen(c->it[0].id);   /* 36 */
+                for (uint64_t v = c->it[0].seq; nd == 0 || v; v /= 10)
+                    dg[nd++] = (char)('0' + v % 10);
+                memcpy(body, a, sizeof a - 1);
+                o = sizeof a - 1;
+                memcpy(body + o, c->it[0].id, il);
+                o += il;
+                memcpy(body + o, b, sizeof b - 1);
+                o += sizeof b - 1;
+                while (nd)
+                    body[o++] = dg[--nd];
+                memcpy(body + o, z, sizeof z);      /* with its NUL */
+            }
         } else {
             json_t *o;
             if (c->batch) {
@@ -421,7 +435,10 @@ static void call_finish(struct call *c)
                 rest_idem_abort(r->idem, c->idem, c->idem_len);
         }
         char loc[400];
-        snprintf(loc, sizeof loc, "%s/messages/%s", r->path, c->it[0].id);
+        size_t pl = strlen(r->path);    /* < 256: fits with the id */
+        memcpy(loc, r->path, pl);
+        memcpy(loc + pl, "/messages/", 10);
+        rest_copy(loc + pl + 10, sizeof loc - pl - 10, c->it[0].id);
         struct kfg_header h[1] = { { "Location", loc } };
         respond(r, c->req, 202, "application/json", body ? body : "{}", h, c->batch ? 0 : 1);
         free(body);
@@ -471,7 +488,7 @@ static void on_emitted(void *arg, int result, uint64_t seq, const char *reason)
     it->state = 1;
     it->result = result;
     it->seq = seq;
-    snprintf(it->reason, sizeof it->reason, "%s", reason ? reason : "");
+    rest_copy(it->reason, sizeof it->reason, reason ? reason : "");
     if (--c->left == 0)
         call_finish(c);
 }
@@ -481,7 +498,7 @@ static void on_emitted2(void *arg, const struct kfg_emit_result *res)
 {
     struct item *it = arg;
     if (res->result == KFG_OK && res->id && strlen(res->id) < sizeof it->id)
-        snprintf(it->id, sizeof it->id, "%s", res->id);
+        rest_copy(it->id, sizeof it->id, res->id);
     it->dup = res->duplicate;
     on_emitted(arg, res->result, res->seq, res->reason);
 }

@@ -344,7 +344,7 @@ int rest_status_add(struct rest_status *s, const char *id, const char *dir,
             return 1;
         }
         memset(v, 0, sizeof *v);
-        snprintf(v->dir, sizeof v->dir, "%s", dir);
+        rest_copy(v->dir, sizeof v->dir, dir);
         v->first_ms = at_ms;
         v->r = v->in;
         v->cap = RECEIPTS_INLINE;
@@ -359,7 +359,7 @@ int rest_status_add(struct rest_status *s, const char *id, const char *dir,
     if (r) {
         r->at = at_ms;
         r->seq = seq;
-        snprintf(r->status, sizeof r->status, "%s", status);
+        rest_copy(r->status, sizeof r->status, status);
         r->code = c;
         r->detail = d;
         if (v->attempts && strcmp(v->dir, "out") == 0)
