@@ -440,6 +440,11 @@ static int pack_level(struct kfg_buf *pk, struct ent *ents, size_t n, int in_par
     return r;
 }
 
+/* The most synthetic top-level fields kfg_env_encode passes (v, id, seq,
+ * tenant, channel, instance, dir, type, ts.accepted), with room to spare. */
+#define SYN_MAX 12
+
+/* nsyn <= SYN_MAX. */
 static int pack_fields(struct kfg_buf *pk, const struct kfg_field *syn, size_t nsyn,
                        const struct kfg_field *fs, size_t nf, int with_parts,
                        int in_part, const struct kfg_msg *m)
@@ -455,11 +460,11 @@ static int pack_fields(struct kfg_buf *pk, const struct kfg_field *syn, size_t n
     /* Only a key that starts like one of syn's, and is as long, can be
      * shadowed by it (most keys start like one: channel_*, sender, ts.*). */
     uint64_t first[4] = { 0 };
-    size_t synlen[16];
+    size_t synlen[SYN_MAX];
     for (size_t i = 0; i < nsyn; i++) {
         unsigned char c = (unsigned char)syn[i].key[0];
         first[c >> 6] |= (uint64_t)1 << (c & 63);
-        synlen[i] = i < 16 ? strlen(syn[i].key) : 0;
+        synlen[i] = strlen(syn[i].key);
     }
     for (size_t i = 0; i < nf; i++) {
         int shadowed = 0;
@@ -467,8 +472,8 @@ static int pack_fields(struct kfg_buf *pk, const struct kfg_field *syn, size_t n
         if (first[c >> 6] >> (c & 63) & 1) {
             size_t kl = strlen(fs[i].key);
             for (size_t j = 0; j < nsyn && !shadowed; j++)
-                shadowed = (j >= 16 || synlen[j] == kl) && syn[j].key[0] == (char)c &&
-                           strcmp(syn[j].key, fs[i].key) == 0;
+                shadowed = synlen[j] == kl && syn[j].key[0] == (char)c &&
+                           memcmp(syn[j].key, fs[i].key, kl) == 0;
         }
         if (!shadowed)
             ents[k++] = (struct ent){ fs[i].key, &fs[i], 0, 0, 0 };
@@ -503,7 +508,7 @@ int kfg_env_encode(const struct kfg_msg *m, struct kfg_buf *out)
 {
     if (!m || !out)
         return KFG_EINVAL;
-    struct kfg_field syn[12];
+    struct kfg_field syn[SYN_MAX];
     size_t n = 0;
     syn[n++] = (struct kfg_field){ .key = "v", .type = KFG_F_UINT, .ival = KFG_ENV_VERSION };
     if (m->id[0])

@@ -14,20 +14,9 @@ static const char *const reserved_keys[] = {
     "ts.accepted", NULL,
 };
 
-/* 1 when a and b name the same path or one is a map holding the other:
- * "a.b" vs "a", "a" vs "a.b.c"; never "ab" vs "a". */
-static int path_overlaps(const char *a, const char *b)
-{
-    while (*a && *a == *b) {
-        a++;
-        b++;
-    }
-    return (!*a && (!*b || *b == '.')) || (!*b && *a == '.');
-}
-
-/* 1 when a and b are the same key, 2 when one is a map holding the other,
- * else 0: strcmp and path_overlaps in one pass. */
-static int key_rel(const char *a, const char *b)
+/* 1 when a and b are the same key, 2 when one is a map holding the other
+ * ("a.b" vs "a", "a" vs "a.b.c"; never "ab" vs "a"), else 0. */
+static inline int key_rel(const char *a, const char *b)
 {
     while (*a && *a == *b) {
         a++;
@@ -43,7 +32,7 @@ int kfg_msg_reserved(const char *key)
     if (!key)
         return 1;
     for (const char *const *k = reserved_keys; *k; k++)
-        if ((*k)[0] == key[0] && path_overlaps(*k, key))
+        if ((*k)[0] == key[0] && key_rel(*k, key))
             return 1;
     return 0;
 }
