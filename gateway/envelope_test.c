@@ -324,19 +324,25 @@ static void pk_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, strlen(s));
 }
 
+/* Starts an outbound envelope map of nkeys keys in sb, canonical order
+ * (spec): v, instance, dir, type first; the caller packs the rest. */
+static void pk_head(msgpack_sbuffer *sb, msgpack_packer *pk, size_t nkeys, const char *type)
+{
+    msgpack_sbuffer_init(sb);
+    msgpack_packer_init(pk, sb, msgpack_sbuffer_write);
+    msgpack_pack_map(pk, nkeys);
+    pk_str(pk, "v"); msgpack_pack_uint8(pk, 1);
+    pk_str(pk, "instance"); pk_str(pk, "wx-main");
+    pk_str(pk, "dir"); pk_str(pk, "out");
+    pk_str(pk, "type"); pk_str(pk, type);
+}
+
 static void test_unknown_keys_preserved(void **state)
 {
     (void)state;
     msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    /* Canonical order (spec): v, instance, dir, type, the rest; parts last. */
-    msgpack_pack_map(&pk, 14);
-    pk_str(&pk, "v"); msgpack_pack_uint8(&pk, 1);
-    pk_str(&pk, "instance"); pk_str(&pk, "wx-main");
-    pk_str(&pk, "dir"); pk_str(&pk, "out");
-    pk_str(&pk, "type"); pk_str(&pk, "x-card");
+    pk_head(&sb, &pk, 14, "x-card");       /* then the rest; parts last */
     pk_str(&pk, "conversation");
     msgpack_pack_map(&pk, 3);
     pk_str(&pk, "id"); pk_str(&pk, "c1");
@@ -601,14 +607,8 @@ static void test_encoder_forms_match_msgpack_c(void **state)
     char *text = malloc(65536);
     memset(text, 'y', 65536);
     msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 9);
-    pk_str(&pk, "v"); msgpack_pack_uint8(&pk, 1);
-    pk_str(&pk, "instance"); pk_str(&pk, "wx-main");
-    pk_str(&pk, "dir"); pk_str(&pk, "out");
-    pk_str(&pk, "type"); pk_str(&pk, "x-forms");
+    pk_head(&sb, &pk, 9, "x-forms");
     /* one map per kind: "u" unsigned, "i" negative, "s" strings */
     const char *groups[] = { "u", "i", "s" };
     const size_t counts[] = { nu, ni, ns };
